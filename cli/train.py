@@ -1,0 +1,40 @@
+"""``snnkit train [CONFIG] [options]``."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from snnkit.config import resolve_config
+
+from .common import console, user_errors
+
+
+def train(
+    config: Annotated[Optional[str], typer.Argument(
+        help="A YAML recipe path or the name of a bundled recipe (default: digits).")] = None,
+    method: Annotated[Optional[str], typer.Option(help="Training method, e.g. rate_m, rate_s, bptt.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Number of epochs.")] = None,
+    T: Annotated[Optional[int], typer.Option("--T", "-T", help="Time steps per sample.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Run directory name under run.out_dir.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="Override any config key: --set section.key=value (repeatable).")] = None,
+    resume: Annotated[Optional[Path], typer.Option(
+        help="Continue the run in this directory from its last checkpoint.")] = None,
+) -> None:
+    """Train a spiking network. Precedence: defaults < recipe YAML < --set and the options above."""
+    from snnkit.training import resume as resume_run, train as train_run
+
+    with user_errors():
+        if resume is not None:
+            result = resume_run(resume)
+        else:
+            flags = {"method.name": method, "optim.epochs": epochs, "method.T": T, "run.device": device,
+                     "run.seed": seed, "run.name": name}
+            overrides = [*(set_ or []), *(f"{k}={v}" for k, v in flags.items() if v is not None)]
+            result = train_run(resolve_config(config, overrides))
+    console.print(f"final test accuracy {result.final_acc:.2%}, best {result.best_acc:.2%} "
+                  f"(epoch {result.best_epoch}), {result.seconds:.1f}s; run in {result.run_dir}")

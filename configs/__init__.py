@@ -1,0 +1,1 @@
+"""Bundled YAML recipes, installed as ``snnkit.configs`` so ``snnkit train NAME`` finds them."""

@@ -1,0 +1,84 @@
+"""Checkpoints: plain dicts of tensors and built-in types, loadable with ``weights_only=True``.
+
+A checkpoint carries everything needed to rebuild the model without training code (the model spec,
+T, the data description, the resolved config) plus the training state for resume. Writes are
+atomic: a temporary file in the same folder, then a rename.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .errors import CheckpointError
+from .models import ModelSpec, build_model
+from .spiking import SpikingNet
+
+FORMAT = "snnkit.checkpoint"
+FORMAT_VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"
+
+
+def make_checkpoint(net: SpikingNet, spec: ModelSpec, T: int, data: dict, config: dict,
+                    train_state: dict[str, Any] | None = None) -> dict:
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "snnkit_version": __version__,
+        "model": spec.as_dict(), "T": T, "data": data, "config": config,
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "train_state": train_state or {},
+    }
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """Write ``obj`` with ``torch.save`` so that ``path`` is either the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """A checkpoint file, or a run directory holding one."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / CHECKPOINT_NAME
+    if not p.is_file():
+        raise CheckpointError(f"no checkpoint at {path}; give a run directory or a {CHECKPOINT_NAME} file "
+                              "(train one with `snnkit train`)")
+    return p
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    p = resolve_checkpoint_path(path)
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, corrupt or pickled with arbitrary objects
+        raise CheckpointError(f"{p} is not a readable snnkit checkpoint ({type(e).__name__}); "
+                              "re-export it from its run directory or retrain") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{p} is not an snnkit checkpoint (no '{FORMAT}' format tag); "
+                              "give a checkpoint written by `snnkit train`")
+    if ckpt.get("format_version", 0) > FORMAT_VERSION:
+        raise CheckpointError(f"{p} was written by a newer snnkit (format {ckpt['format_version']}); upgrade snnkit")
+    return ckpt
+
+
+def model_from_checkpoint(ckpt: dict) -> SpikingNet:
+    net = build_model(ModelSpec.from_dict(ckpt["model"]))
+    try:
+        net.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"the checkpoint's weights do not fit its model spec ({e}); it is damaged") from None
+    return net.eval()

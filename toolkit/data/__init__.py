@@ -1,0 +1,61 @@
+"""Datasets, each a registered loader returning a :class:`DataBundle`; and the input encoding.
+
+Tensors inside the toolkit are time-major: :func:`encode` turns a batch from a loader into
+``[T, B, ...]``. Static images are fed unchanged at every step (direct encoding); event data
+arrives as ``[B, T, ...]`` frames and is fed one frame per step.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+from torch.utils.data import Dataset
+
+from ..registry import Registry
+
+KINDS = ("static", "event")
+
+
+@dataclass
+class DataBundle:
+    train: Dataset
+    test: Dataset
+    input_shape: tuple[int, ...]  # one sample, one step: (C, H, W)
+    class_names: list[str]
+    kind: str = "static"
+    normalization: dict = field(default_factory=dict)  # {"mean": [...], "std": [...]} as applied
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def in_channels(self) -> int:
+        return self.input_shape[0]
+
+    def describe(self) -> dict:
+        """What a checkpoint records about the data the model was trained on."""
+        return {"input_shape": list(self.input_shape), "class_names": list(self.class_names),
+                "kind": self.kind, "normalization": dict(self.normalization)}
+
+
+DATASETS: Registry[Callable[..., DataBundle]] = Registry("dataset")
+register_dataset = DATASETS.register
+
+
+def load_dataset(name: str, root: Optional[str] = None) -> DataBundle:
+    return DATASETS.get(name)(root)
+
+
+def encode(x: torch.Tensor, T: int, kind: str) -> torch.Tensor:
+    """A loader batch -> ``[T, B, ...]``: static ``[B, C, H, W]`` repeated T times (a view), event
+    ``[B, T, C, H, W]`` transposed to time-major."""
+    if kind == "static":
+        return x.unsqueeze(0).expand(T, *x.shape)
+    if x.shape[1] != T:
+        raise ValueError(f"event data has {x.shape[1]} frames per sample but T = {T}")
+    return x.transpose(0, 1)
+
+
+from . import digits  # noqa: E402,F401  (registration)

@@ -1,0 +1,64 @@
+"""The interface every training method implements, and the method registry.
+
+A method owns one training iteration: forward, backward and when the optimiser steps. The trainer
+hands it a batch and a ``step`` callable and reads back a :class:`StepOutput`; it never asks which
+method it holds. A method that steps the optimiser more than once per batch (OTTT_O) simply calls
+``step`` more than once.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+import torch
+
+from ..registry import Registry
+from ..spiking import SpikingNet
+
+
+@dataclass(frozen=True)
+class StepOutput:
+    loss: float  # the loss value of the batch (not scaled by any gradient option)
+    logits: torch.Tensor  # [B, classes], time-averaged, detached
+    firing_rate: float  # mean over all neurons, steps and samples of the spiking forward
+
+
+@dataclass(frozen=True)
+class NoOptions:
+    pass
+
+
+class Method:
+    """Base class: subclasses set ``Options`` (a frozen dataclass) and implement ``train_step``."""
+
+    Options: type = NoOptions
+
+    def __init__(self, T: int, options: Any = None):
+        if T < 1:
+            raise ValueError(f"method.T must be at least 1, got {T}")
+        self.T = T
+        self.options = options if options is not None else self.Options()
+
+    def train_step(self, net: SpikingNet, x_seq: torch.Tensor, y: torch.Tensor,
+                   step: Callable[[], None]) -> StepOutput:
+        """Run one iteration on ``x_seq`` ``[T, B, ...]``; call ``step()`` after each backward that
+        should update the parameters (it steps the optimiser and zeroes the gradients)."""
+        raise NotImplementedError
+
+
+METHODS: Registry[type[Method]] = Registry("method")
+register_method = METHODS.register
+
+
+def option_names(name: str) -> list[str]:
+    return [f.name for f in fields(METHODS.get(name).Options)]
+
+
+def build_method(name: str, T: int, options: dict[str, Any] | None = None) -> Method:
+    cls = METHODS.get(name)
+    valid = option_names(name)
+    unknown = sorted(set(options or {}) - set(valid))
+    if unknown:
+        raise ValueError(f"method {name!r} has no option {', '.join(unknown)}; "
+                         f"its options are: {', '.join(valid) or 'none'}")
+    return cls(T, cls.Options(**(options or {})))

@@ -1,0 +1,95 @@
+"""BatchNorm treatment of the rate methods (rate_backprop.md §2.1, §2.2).
+
+The spike pass records, per BN layer, the per-channel mean and biased variance of every input it
+normalises (one record for rate_M's [T·B] call, T records for rate_S). The rate pass then replaces
+each BN's forward with the straight-through form: value from the spike-pass statistics, gradient
+from the rate-pass batch statistics. BN's own forward (and its running statistics) is untouched
+outside these blocks.
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from functools import partial
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+BNStats = dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]
+
+
+def batchnorm_layers(module: nn.Module) -> list[_BatchNorm]:
+    return [m for m in module.modules() if isinstance(m, _BatchNorm)]
+
+
+def channel_stats(a: torch.Tensor, sync: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of ``a`` ``[N, C, ...]``; over all ranks if ``sync``."""
+    dims = [0, *range(2, a.dim())]
+    count = a.numel() / a.shape[1]
+    mean, sq = a.mean(dims), (a * a).mean(dims)
+    if sync:
+        packed = torch.cat([mean * count, sq * count, a.new_tensor([count])])
+        dist.all_reduce(packed)
+        c = a.shape[1]
+        mean, sq = packed[:c] / packed[-1], packed[c:2 * c] / packed[-1]
+    return mean, (sq - mean * mean).clamp_min(0)
+
+
+def _syncs(bn: _BatchNorm) -> bool:
+    return isinstance(bn, nn.SyncBatchNorm) and dist.is_available() and dist.is_initialized()
+
+
+@contextmanager
+def record_batchnorm(module: nn.Module) -> Iterator[BNStats]:
+    """Record the statistics of every BN input seen inside the block (no autograd)."""
+    stats: BNStats = {bn: [] for bn in batchnorm_layers(module)}
+
+    def hook(bn, inputs):
+        with torch.no_grad():
+            stats[bn].append(channel_stats(inputs[0], _syncs(bn)))
+
+    handles = [bn.register_forward_pre_hook(hook) for bn in stats]
+    try:
+        yield stats
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def spike_statistics(records: list[tuple[torch.Tensor, torch.Tensor]], eps: float):
+    """Combine per-call statistics into (μ_spike, σ²_spike): μ is the mean of the means and
+    1/sqrt(σ² + ε) the mean of the inverse deviations (rate_S); one call passes through (rate_M)."""
+    if len(records) == 1:
+        return records[0]
+    means = torch.stack([m for m, _ in records]).mean(0)
+    inv_std = torch.stack([torch.rsqrt(v + eps) for _, v in records]).mean(0)
+    return means, inv_std.pow(-2) - eps
+
+
+def _straight_through(bn: _BatchNorm, mean_spike: torch.Tensor, var_spike: torch.Tensor,
+                      a: torch.Tensor) -> torch.Tensor:
+    """μ̂ = μ_spike + (μ_b − sg(μ_b)), σ̂² = σ²_spike + (σ²_b − sg(σ²_b)); γ(a − μ̂)/sqrt(σ̂² + ε) + β."""
+    mean_b, var_b = channel_stats(a, _syncs(bn))
+    mean = mean_spike + (mean_b - mean_b.detach())
+    var = var_spike + (var_b - var_b.detach())
+    shape = (1, -1) + (1,) * (a.dim() - 2)
+    out = (a - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
+    if bn.affine:
+        out = out * bn.weight.view(shape) + bn.bias.view(shape)
+    return out
+
+
+@contextmanager
+def straight_through_batchnorm(stats: BNStats) -> Iterator[None]:
+    """Inside the block every recorded BN normalises with the straight-through statistics."""
+    for bn, records in stats.items():
+        if not records:
+            raise RuntimeError("a BatchNorm layer saw no input in the spike pass")
+        bn.forward = partial(_straight_through, bn, *spike_statistics(records, bn.eps))
+    try:
+        yield
+    finally:
+        for bn in stats:
+            del bn.forward

@@ -1,0 +1,57 @@
+"""Rate-based backpropagation, rate_M and rate_S (Yu et al., NeurIPS 2024; rate_backprop.md).
+
+One iteration is two passes: a spike pass with no autograd that records, per spiking layer, the
+mean rate r and the eligibility g (and BN statistics), then one rate pass at batch B with autograd,
+where each spiking layer returns r with Jacobian diag(g). Autograd memory does not grow with T.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..spiking import RatePass, firing_rate, neuron_mode, spiking_layers
+from .base import Method, StepOutput, register_method
+from .batchnorm import record_batchnorm, straight_through_batchnorm
+
+
+@dataclass(frozen=True)
+class RateOptions:
+    # Multiply the loss gradient by 1/T (the loss value is unchanged), as the reference code does:
+    # with SGD this is lr/T and weight decay ×T relative to BPTT, so the paper's lr 0.1 carries over.
+    divide_grad_by_T: bool = True
+
+
+class RateBackprop(Method):
+    Options = RateOptions
+    multistep: bool  # the spike pass's layout: rate_M all steps at once, rate_S one step per call
+
+    def train_step(self, net, x_seq, y, step):
+        body = net.body
+        with torch.no_grad(), record_batchnorm(body) as bn_stats:
+            run = net.run_multistep if self.multistep else net.run_singlestep
+            logits_seq, modes = run(x_seq, record=True)
+        recorded = {layer: mode.recorded() for layer, mode in zip(spiking_layers(body), modes)}
+
+        with straight_through_batchnorm(bn_stats), \
+                neuron_mode(body, lambda layer: RatePass(*recorded[layer])):
+            logits = body(x_seq.mean(0))  # the time-averaged input [B, ...]
+        loss = F.cross_entropy(logits, y)
+        (loss / self.T if self.options.divide_grad_by_T else loss).backward()
+        step()
+        return StepOutput(loss.item(), logits_seq.mean(0), firing_rate(modes))
+
+
+@register_method("rate_m")
+class RateM(RateBackprop):
+    """Multi-step spike pass: stateless layers on [T·B], BN statistics shared over T·B."""
+
+    multistep = True
+
+
+@register_method("rate_s")
+class RateS(RateBackprop):
+    """Single-step spike pass: T calls with batch B, per-step BN statistics; peak memory flat in T."""
+
+    multistep = False
