@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ..spiking import RatePass, firing_rate, neuron_mode, spiking_layers
 from .base import Method, StepOutput, register_method
-from .batchnorm import record_batchnorm, straight_through_batchnorm
+from .batchnorm import BNStats, record_batchnorm, straight_through_batchnorm
 
 
 @dataclass(frozen=True)
@@ -23,24 +23,39 @@ class RateOptions:
     divide_grad_by_T: bool = True
 
 
+@dataclass
+class SpikePass:
+    logits_seq: torch.Tensor  # [T, B, classes] of the real spiking network
+    modes: list  # per spiking layer, holding r and g
+    bn_stats: BNStats  # per BN layer, the statistics of every input it normalised
+
+
 class RateBackprop(Method):
     Options = RateOptions
     multistep: bool  # the spike pass's layout: rate_M all steps at once, rate_S one step per call
 
     def train_step(self, net, x_seq, y, step):
-        body = net.body
-        with torch.no_grad(), record_batchnorm(body) as bn_stats:
-            run = net.run_multistep if self.multistep else net.run_singlestep
-            logits_seq, modes = run(x_seq, record=True)
-        recorded = {layer: mode.recorded() for layer, mode in zip(spiking_layers(body), modes)}
-
-        with straight_through_batchnorm(bn_stats), \
-                neuron_mode(body, lambda layer: RatePass(*recorded[layer])):
-            logits = body(x_seq.mean(0))  # the time-averaged input [B, ...]
+        spikes = self.spike_pass(net, x_seq)
+        logits = self.rate_pass(net, x_seq, spikes)
         loss = F.cross_entropy(logits, y)
         (loss / self.T if self.options.divide_grad_by_T else loss).backward()
         step()
-        return StepOutput(loss.item(), logits_seq.mean(0), firing_rate(modes))
+        return StepOutput(loss.item(), spikes.logits_seq.mean(0), firing_rate(spikes.modes))
+
+    @torch.no_grad()
+    def spike_pass(self, net, x_seq) -> SpikePass:
+        with record_batchnorm(net.body) as bn_stats:
+            run = net.run_multistep if self.multistep else net.run_singlestep
+            logits_seq, modes = run(x_seq, record=True)
+        return SpikePass(logits_seq, modes, bn_stats)
+
+    def rate_pass(self, net, x_seq, spikes: SpikePass) -> torch.Tensor:
+        """Logits [B, classes] of the ANN on time-averaged quantities, with autograd."""
+        body = net.body
+        recorded = {layer: mode.recorded() for layer, mode in zip(spiking_layers(body), spikes.modes)}
+        with straight_through_batchnorm(spikes.bn_stats), \
+                neuron_mode(body, lambda layer: RatePass(*recorded[layer])):
+            return body(x_seq.mean(0))  # the time-averaged input [B, ...]
 
 
 @register_method("rate_m")
