@@ -7,12 +7,13 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import typer
+from rich import get_console
 from rich.console import Console
 from rich.logging import RichHandler
 
 from snnkit.errors import SnnkitError
 
-console = Console()
+console = get_console()  # shared with the progress bars, so log lines print above them
 err_console = Console(stderr=True)
 
 
