@@ -2,8 +2,11 @@
 resumed 2-process run equals an uninterrupted one. The workers go through ``train``/``resume``
 exactly as under torchrun (same environment variables)."""
 import dataclasses
+import json
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -85,7 +88,6 @@ def untimed(line: dict) -> dict:
 
 
 def metrics(run):
-    import json
     return [untimed(json.loads(line)) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -140,3 +142,15 @@ def test_buckets_split_by_size_and_dtype(monkeypatch):
     monkeypatch.setattr("snnkit.training.distributed.BUCKET_BYTES", 64)
     ts = [torch.zeros(8), torch.zeros(8), torch.zeros(20), torch.zeros(2, dtype=torch.int64), torch.zeros(1)]
     assert [[t.numel() for t in b] for b in buckets(ts)] == [[8, 8], [20], [2], [1]]
+
+
+@pytest.mark.slow
+def test_torchrun_launches_the_cli(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "snnkit.cli", "train", "--epochs", "1", "-T", "2", "--device", "cpu", "--name", "cli",
+           "--set", "model.width=0.125", "--set", "data.batch_size=256", "--set", f"run.out_dir={tmp_path}"]
+    done = subprocess.run(cmd, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("final test accuracy") == 1  # rank 0 only
+    assert json.loads((tmp_path / "cli" / "results.json").read_text())["processes"] == 2

@@ -84,3 +84,19 @@ def test_sync_batchnorm_in_one_process_is_batchnorm():
     assert type(sync) is SyncBatchNorm and torch.equal(sync.running_mean, torch.full((3,), 0.5))
     x = torch.randn(4, 3, 2, 2)
     torch.testing.assert_close(sync(x), nn.BatchNorm2d(3)(x), rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_cuda_run_is_channels_last_bf16_and_benchmarks_unless_deterministic(tmp_path, deterministic):
+    from snnkit.training import Trainer
+    from snnkit.training.progress import EpochProgress
+
+    cfg = resolve_config(None, ["optim.epochs=1", "model.width=0.25", "method.T=2", "run.device=cuda",
+                                "run.amp=bf16", f"run.deterministic={str(deterministic).lower()}",
+                                f"run.out_dir={tmp_path}"])
+    trainer = Trainer(cfg, tmp_path)
+    conv = trainer.net.body[0][0].weight
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    assert torch.backends.cudnn.benchmark is not deterministic
+    assert trainer.fit(EpochProgress(enabled=False)).final_acc > 0.1
