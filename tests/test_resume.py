@@ -25,8 +25,8 @@ def data():
 
 
 def config(tmp_path, name, *extra):
-    return resolve_config(None, ["optim.epochs=2", "model.width=0.125", "method.T=2", "data.batch_size=128",
-                                 "run.device=cpu", f"run.out_dir={tmp_path}", f"run.name={name}", *extra])
+    return resolve_config(None, ["optim.epochs=2", "model.width=0.125", "method.T=2",
+                                 "data.batch_size=128", "run.device=cpu", f"run.out_dir={tmp_path}", f"run.name={name}", *extra])
 
 
 def metrics(run):

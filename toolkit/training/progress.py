@@ -29,7 +29,8 @@ class Meter:
 
     def reduce(self, all_reduce_sum: Callable[[list[float]], list[float]]) -> "Meter":
         """Replace the sums by their totals over all ranks (iterations/s stays this rank's)."""
-        self.n, self.loss, self.correct, self.rate = all_reduce_sum([self.n, self.loss, self.correct, self.rate])
+        sums = all_reduce_sum([self.n, self.loss, self.correct, self.rate])
+        self.n, self.loss, self.correct, self.rate = sums
         return self
 
     def summary(self) -> dict:

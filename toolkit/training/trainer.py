@@ -96,6 +96,7 @@ class Trainer:
         torch.manual_seed(self.world.seed(cfg.run.seed + self.epoch))  # per-epoch seeding: resume is exact
         sampler = self.world.sampler(self.data.train, cfg.run.seed)
         sampler.set_epoch(self.epoch)
+        # A fresh loader each epoch: its workers are seeded from the epoch's seed, so resume is exact.
         loader = make_loader(self.data.train, self.batch_size, cfg.data.workers, self.device, sampler)
         self.net.train()
         meter = Meter()
@@ -206,7 +207,8 @@ def new_run_dir(cfg: Config) -> Path:
     return run_dir
 
 
-def train(cfg: Config, progress: Optional[EpochProgress] = None, data: Optional[DataBundle] = None) -> RunResult:
+def train(cfg: Config, progress: Optional[EpochProgress] = None,
+          data: Optional[DataBundle] = None) -> RunResult:
     """Train ``cfg`` in a new run directory (``<out_dir>/<name>``, ``<out_dir>/latest`` -> it), on
     ``data`` if given, else on the dataset ``cfg.data`` names. Under torchrun, every process calls this."""
     with process_group(cfg.run.device) as world:
