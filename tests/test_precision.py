@@ -100,3 +100,28 @@ def test_cuda_run_is_channels_last_bf16_and_benchmarks_unless_deterministic(tmp_
     assert conv.is_contiguous(memory_format=torch.channels_last)
     assert torch.backends.cudnn.benchmark is not deterministic
     assert trainer.fit(EpochProgress(enabled=False)).final_acc > 0.1
+
+
+@pytest.fixture
+def cuda_flags():
+    """Restore the process-wide switches configure_backends sets."""
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    yield
+    (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+     torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) = saved
+
+
+def test_tf32_and_benchmark_are_set_for_cuda_runs_only(cuda_flags):
+    from snnkit.training.precision import configure_backends
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.benchmark = False
+    configure_backends(resolve_config(None, []).run, CPU)
+    assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.benchmark is False
+    configure_backends(resolve_config(None, []).run, torch.device("cuda"))
+    assert torch.backends.cuda.matmul.allow_tf32 is True and torch.backends.cudnn.benchmark is True
+    configure_backends(resolve_config(None, ["run.tf32=false", "run.deterministic=true"]).run,
+                       torch.device("cuda"))
+    assert torch.backends.cuda.matmul.allow_tf32 is False and torch.backends.cudnn.allow_tf32 is False
+    assert torch.backends.cudnn.benchmark is False and torch.backends.cudnn.deterministic is True
+    torch.use_deterministic_algorithms(False)

@@ -36,9 +36,10 @@ def configure_backends(run: RunConfig, device: torch.device) -> None:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not run.deterministic
         torch.backends.cudnn.deterministic = run.deterministic
-        precision = "tf32" if run.tf32 else "ieee"
-        torch.backends.cuda.matmul.fp32_precision = precision
-        torch.backends.cudnn.conv.fp32_precision = precision
+        # The allow_tf32 switches, not fp32_precision: code that reads either API keeps working
+        # (reading allow_tf32 raises once fp32_precision has been set).
+        torch.backends.cuda.matmul.allow_tf32 = run.tf32
+        torch.backends.cudnn.allow_tf32 = run.tf32
 
 
 class Precision:
