@@ -18,9 +18,9 @@ from ..config import Config, config_from_dict, dump_yaml
 from ..data import DataBundle, encode, load_dataset
 from ..errors import SnnkitError
 from ..methods import Method, build_method
+from ..methods.batchnorm import convert_sync_batchnorm
 from ..models import ModelSpec, build_model
 from ..spiking import SpikingNet, firing_rate
-from ..methods.batchnorm import convert_sync_batchnorm
 from .distributed import World, process_group, resolve_device
 from .optim import make_optimizer
 from .precision import Precision, configure_backends
