@@ -18,6 +18,7 @@ def train(
     epochs: Annotated[Optional[int], typer.Option(help="Number of epochs.")] = None,
     T: Annotated[Optional[int], typer.Option("--T", "-T", help="Time steps per sample.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    amp: Annotated[Optional[str], typer.Option(help="Mixed precision on the model: none, bf16 or fp16.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run directory name under run.out_dir.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option(
@@ -25,16 +26,19 @@ def train(
     resume: Annotated[Optional[Path], typer.Option(
         help="Continue the run in this directory from its last checkpoint.")] = None,
 ) -> None:
-    """Train a spiking network. Precedence: defaults < recipe YAML < --set and the options above."""
+    """Train a spiking network. Precedence: defaults < recipe YAML < --set and the options above.
+    Under ``torchrun --nproc_per_node=N``, data.batch_size is the global batch over the N processes."""
     from snnkit.training import resume as resume_run, train as train_run
+    from snnkit.training.distributed import is_main_process
 
     with user_errors():
         if resume is not None:
             result = resume_run(resume)
         else:
             flags = {"method.name": method, "optim.epochs": epochs, "method.T": T, "run.device": device,
-                     "run.seed": seed, "run.name": name}
+                     "run.amp": amp, "run.seed": seed, "run.name": name}
             overrides = [*(set_ or []), *(f"{k}={v}" for k, v in flags.items() if v is not None)]
             result = train_run(resolve_config(config, overrides))
-    console.print(f"final test accuracy {result.final_acc:.2%}, best {result.best_acc:.2%} "
-                  f"(epoch {result.best_epoch}), {result.seconds:.1f}s; run in {result.run_dir}")
+    if is_main_process():
+        console.print(f"final test accuracy {result.final_acc:.2%}, best {result.best_acc:.2%} "
+                      f"(epoch {result.best_epoch}), {result.seconds:.1f}s; run in {result.run_dir}")

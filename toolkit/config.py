@@ -21,6 +21,7 @@ from .errors import ConfigError
 from .neuron import NeuronParams
 
 DEFAULT_RECIPE = "digits"
+AMP_CHOICES = ("none", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,15 @@ class RunConfig:
     name: Optional[str] = None  # run directory name; default <recipe>-<method>-<time>
     out_dir: str = "runs"
     seed: int = 0
-    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N
+    device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N; under torchrun cuda:LOCAL_RANK
+    amp: str = "none"  # autocast the model in bf16 or fp16 (with a gradient scaler); none: fp32
+    tf32: bool = True  # CUDA: fp32 matmuls and convolutions may use TF32
+    deterministic: bool = False  # deterministic kernels, cuDNN benchmark off
+    sync_bn: bool = False  # under torchrun, BatchNorm statistics over the global batch
+
+    def __post_init__(self):
+        if self.amp not in AMP_CHOICES:
+            raise ValueError(f"run.amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
 
 
 @dataclass(frozen=True)

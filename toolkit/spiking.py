@@ -32,7 +32,9 @@ class LIF(nn.Module):
             raise RuntimeError(
                 "a LIF layer ran outside neuron_mode(); call the SpikingNet, not its body"
             )
-        return self.mode(self, x)
+        # The membrane integrates in at least fp32: under autocast a bf16/fp16 current would
+        # otherwise round the potential before it meets the threshold.
+        return self.mode(self, x.to(torch.promote_types(x.dtype, torch.float32)))
 
     def extra_repr(self) -> str:
         p = self.neuron

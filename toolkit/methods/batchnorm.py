@@ -5,6 +5,9 @@ normalises (one record for rate_M's [T·B] call, T records for rate_S). The rate
 each BN's forward with the straight-through form: value from the spike-pass statistics, gradient
 from the rate-pass batch statistics. BN's own forward (and its running statistics) is untouched
 outside these blocks.
+
+Under torchrun with ``run.sync_bn``, every BN is a :class:`SyncBatchNorm`, and both the recorded
+statistics and the straight-through batch statistics are taken over the global batch.
 """
 from __future__ import annotations
 
@@ -24,21 +27,81 @@ def batchnorm_layers(module: nn.Module) -> list[_BatchNorm]:
     return [m for m in module.modules() if isinstance(m, _BatchNorm)]
 
 
-def channel_stats(a: torch.Tensor, sync: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and biased variance of ``a`` ``[N, C, ...]``; over all ranks if ``sync``."""
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks whose backward sums the gradients over ranks: every rank's input reaches
+    every rank's loss through the global statistics."""
+
+    @staticmethod
+    def forward(ctx, x):
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+def channel_moments(a: torch.Tensor, sync: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-channel mean, biased variance and sample count of ``a`` ``[N, C, ...]``, in at least fp32
+    whatever the dtype of ``a`` (autocast); over all ranks, differentiably, if ``sync``."""
+    a = a.to(torch.promote_types(a.dtype, torch.float32))
     dims = [0, *range(2, a.dim())]
-    count = a.numel() / a.shape[1]
+    count = a.new_tensor([a.numel() / a.shape[1]])
     mean, sq = a.mean(dims), (a * a).mean(dims)
     if sync:
-        packed = torch.cat([mean * count, sq * count, a.new_tensor([count])])
-        dist.all_reduce(packed)
+        packed = _AllReduceSum.apply(torch.cat([mean * count, sq * count, count]))
         c = a.shape[1]
-        mean, sq = packed[:c] / packed[-1], packed[c:2 * c] / packed[-1]
-    return mean, (sq - mean * mean).clamp_min(0)
+        count = packed[-1:]
+        mean, sq = packed[:c] / count, packed[c:2 * c] / count
+    return mean, (sq - mean * mean).clamp_min(0), count
+
+
+def channel_stats(a: torch.Tensor, sync: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and biased variance of ``a`` ``[N, C, ...]``; over all ranks if ``sync``."""
+    return channel_moments(a, sync)[:2]
 
 
 def _syncs(bn: _BatchNorm) -> bool:
-    return isinstance(bn, nn.SyncBatchNorm) and dist.is_available() and dist.is_initialized()
+    return isinstance(bn, nn.SyncBatchNorm) and dist.is_available() and dist.is_initialized() \
+        and dist.get_world_size() > 1
+
+
+class SyncBatchNorm(nn.SyncBatchNorm):
+    """``nn.SyncBatchNorm`` that also runs on CPU (gloo), where PyTorch's refuses: there, training
+    statistics come from :func:`channel_moments` over all ranks. Elsewhere PyTorch's fused kernels
+    run unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or not self.training or not _syncs(self):
+            return super().forward(x)
+        mean, var, count = channel_moments(x, sync=True)
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, factor)
+                self.running_var.lerp_(var * count / (count - 1).clamp_min(1), factor)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out.to(x.dtype)
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm in ``module`` by :class:`SyncBatchNorm`, keeping its parameters and buffers."""
+    for name, child in module.named_children():
+        if isinstance(child, _BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+            sync = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                 child.track_running_stats)
+            sync.load_state_dict(child.state_dict())
+            setattr(module, name, sync)
+        else:
+            convert_sync_batchnorm(child)
+    return module
 
 
 @contextmanager

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from rich.console import Console
@@ -26,6 +26,12 @@ class Meter:
         self.loss += loss * b
         self.rate += firing_rate * b
         self.correct += float((logits.argmax(1) == y).sum())
+
+    def reduce(self, all_reduce_sum: Callable[[list[float]], list[float]]) -> "Meter":
+        """Replace the sums by their totals over all ranks (iterations/s stays this rank's)."""
+        sums = all_reduce_sum([self.n, self.loss, self.correct, self.rate])
+        self.n, self.loss, self.correct, self.rate = sums
+        return self
 
     def summary(self) -> dict:
         n = max(self.n, 1)

@@ -1,0 +1,115 @@
+"""Exact resume: a run stopped anywhere and resumed equals the uninterrupted run, bit for bit on CPU;
+a stop never damages the last good checkpoint."""
+import dataclasses
+import json
+
+import pytest
+import torch
+from torch.utils.data import Subset
+
+import snnkit.checkpoint
+from snnkit.checkpoint import atomic_save, load_checkpoint
+from snnkit.config import resolve_config
+from snnkit.data import load_dataset
+from snnkit.training import Trainer, resume, train
+from snnkit.training.progress import EpochProgress
+
+QUIET = EpochProgress(enabled=False)
+STEPS_PER_EPOCH = 3  # 320 samples in global batches of 128, the last one short
+
+
+@pytest.fixture
+def data():
+    digits = load_dataset("digits")
+    return dataclasses.replace(digits, train=Subset(digits.train, range(320)), test=Subset(digits.test, range(128)))
+
+
+def config(tmp_path, name, *extra):
+    return resolve_config(None, ["optim.epochs=2", "model.width=0.125", "method.T=2",
+                                 "data.batch_size=128", "run.device=cpu", f"run.out_dir={tmp_path}", f"run.name={name}", *extra])
+
+
+def metrics(run):
+    timing = ("train_seconds", "train_it_per_s")
+    return [{k: v for k, v in json.loads(line).items() if k not in timing}
+            for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_run(a, b):
+    """Same weights, optimiser, scheduler, scaler and metrics, bit for bit."""
+    ca, cb = load_checkpoint(a), load_checkpoint(b)
+    for name, p in ca["state_dict"].items():
+        assert torch.equal(cb["state_dict"][name], p), name
+    sa, sb = ca["train_state"], cb["train_state"]
+    for key, momentum in sa["optimizer"]["state"].items():
+        assert torch.equal(sb["optimizer"]["state"][key]["momentum_buffer"], momentum["momentum_buffer"])
+    for key in ("epoch", "scheduler", "grad_scaler", "best_acc", "best_epoch"):
+        assert sa[key] == sb[key], key
+    assert metrics(a) == metrics(b)
+    results = [json.loads((run / "results.json").read_text()) for run in (a, b)]
+    assert [{k: r[k] for k in ("final_acc", "best_acc", "best_epoch")} for r in results] == \
+        [{k: results[0][k] for k in ("final_acc", "best_acc", "best_epoch")}] * 2
+
+
+def stop_at_step(monkeypatch, calls):
+    step, count = Trainer.step, [0]
+
+    def stopping(self):
+        count[0] += 1
+        if count[0] == calls:
+            raise KeyboardInterrupt
+        step(self)
+
+    monkeypatch.setattr(Trainer, "step", stopping)
+
+
+@pytest.mark.parametrize("extra", [["method.name=rate_m"], ["method.name=bptt", "run.amp=fp16"]],
+                         ids=["rate_m", "bptt-fp16"])
+def test_killed_mid_epoch_then_resumed_equals_uninterrupted(tmp_path, monkeypatch, data, extra):
+    train(config(tmp_path, "full", *extra), QUIET, data)
+    with monkeypatch.context() as m:
+        stop_at_step(m, STEPS_PER_EPOCH + 2)  # halfway through epoch 2
+        with pytest.raises(KeyboardInterrupt):
+            train(config(tmp_path, "stopped", *extra), QUIET, data)
+    stopped = tmp_path / "stopped"
+    assert load_checkpoint(stopped)["train_state"]["epoch"] == 1  # the last good checkpoint, intact
+    assert len(metrics(stopped)) == 1
+    assert not [p.name for p in stopped.iterdir() if p.name.startswith(".")]  # no half-written files
+    resume(stopped, QUIET, data)
+    assert_same_run(tmp_path / "full", stopped)
+
+
+def test_stopped_after_the_metrics_line_but_before_the_checkpoint(tmp_path, monkeypatch, data):
+    """The epoch is re-run on resume and its metrics line is not duplicated."""
+    train(config(tmp_path, "full"), QUIET, data)
+    saves = [0]
+
+    def failing_save(obj, path):
+        saves[0] += path.name == "checkpoint.pt"
+        if saves[0] == 2:
+            raise KeyboardInterrupt
+        atomic_save(obj, path)
+
+    with monkeypatch.context() as m:
+        m.setattr("snnkit.training.trainer.atomic_save", failing_save)
+        with pytest.raises(KeyboardInterrupt):
+            train(config(tmp_path, "stopped"), QUIET, data)
+    assert len(metrics(tmp_path / "stopped")) == 2
+    resume(tmp_path / "stopped", QUIET, data)
+    assert_same_run(tmp_path / "full", tmp_path / "stopped")
+
+
+def test_a_checkpoint_write_that_dies_leaves_the_previous_file(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    atomic_save({"epoch": 1}, path)
+    before = path.read_bytes()
+
+    def dying_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(snnkit.checkpoint.torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_save({"epoch": 2}, path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
