@@ -123,8 +123,20 @@ class Trainer:
             log.info("epoch %d/%d  train loss %.4f acc %.2f%%  test acc %.2f%% (best %.2f%%)  "
                      "fr %.3f  %.1fs", self.epoch, cfg.optim.epochs, train["loss"], 100 * train["acc"],
                      100 * test["acc"], 100 * self.best_acc, test["firing_rate"], train["seconds"])
-        return RunResult(self.run_dir, metrics.get("test_acc", 0.0), self.best_acc, self.best_epoch,
-                         time.perf_counter() - start)
+        result = RunResult(self.run_dir, metrics.get("test_acc", 0.0), self.best_acc, self.best_epoch,
+                           time.perf_counter() - start)
+        self.write_results(result)
+        return result
+
+    def write_results(self, result: RunResult) -> None:
+        """results.json: final and best accuracy beside the conventions needed to compare them."""
+        cfg = self.cfg
+        summary = {"final_acc": result.final_acc, "best_acc": result.best_acc, "best_epoch": result.best_epoch,
+                   "seconds": result.seconds, "epochs": cfg.optim.epochs, "dataset": cfg.data.name,
+                   "model": cfg.model.name, "method": cfg.method.name, "T": cfg.method.T,
+                   "method_options": cfg.method.options, "neuron": cfg.neuron.as_dict(),
+                   "device": str(self.device), "config_digest": cfg.digest()}
+        atomic_write_text(self.run_dir / "results.json", json.dumps(summary, indent=2) + "\n")
 
     def checkpoint(self) -> dict:
         return make_checkpoint(
@@ -150,6 +162,12 @@ class Trainer:
         self.epoch, self.best_acc, self.best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def new_run_dir(cfg: Config) -> Path:
     root = Path(cfg.run.out_dir)
     name = cfg.run.name or f"{cfg.recipe}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -169,7 +187,7 @@ def new_run_dir(cfg: Config) -> Path:
 def train(cfg: Config, progress: Optional[EpochProgress] = None) -> RunResult:
     """Train ``cfg`` in a new run directory (``<out_dir>/<name>``, ``<out_dir>/latest`` -> it)."""
     run_dir = new_run_dir(cfg)
-    (run_dir / "config.yaml").write_text(dump_yaml(cfg))
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
     trainer = Trainer(cfg, run_dir)
     log.info("run %s: %s on %s with %s, T=%d, %d epochs, device %s", run_dir, cfg.model.name,
              cfg.data.name, cfg.method.name, cfg.method.T, cfg.optim.epochs, trainer.device)

@@ -1,0 +1,106 @@
+"""The LIF functions against hand-computed recurrences, the module against the functions, the
+surrogate against autograd, and SpikingJelly's fused LIF against the reference loop."""
+import pytest
+import torch
+
+from snnkit.neuron import NeuronParams, lif_multistep, lif_multistep_record, lif_step
+from snnkit.spiking import LIF, MultiStep, SingleStep, neuron_mode, spikingjelly_multistep
+from snnkit.surrogate import heaviside, make_surrogate, sigmoid_grad
+
+RESET_MODES = [("soft", True), ("soft", False), ("hard", True), ("hard", False)]
+
+
+def test_heaviside_fires_at_threshold():
+    assert heaviside(torch.tensor([-1e-7, 0.0, 1e-7])).tolist() == [0.0, 1.0, 1.0]
+
+
+def test_soft_reset_recurrence_by_hand():
+    # λ = 0.2, V_th = 1, x = 0.9 every step:
+    # u1 = 0.9 (no spike), u2 = 0.18 + 0.9 = 1.08 (spike, v = 0.08), u3 = 0.016 + 0.9 = 0.916,
+    # u4 = 0.1832 + 0.9 = 1.0832 (spike)
+    p = NeuronParams()
+    v = torch.zeros(1, dtype=torch.float64)
+    us, ss = [], []
+    for _ in range(4):
+        s, v, u = lif_step(v, torch.tensor([0.9], dtype=torch.float64), p)
+        us.append(u.item())
+        ss.append(s.item())
+    assert ss == [0, 1, 0, 1]
+    assert us == pytest.approx([0.9, 1.08, 0.916, 1.0832], abs=1e-12)
+    assert v.item() == pytest.approx(0.0832, abs=1e-12)
+
+
+def test_hard_reset_recurrence_by_hand():
+    p = NeuronParams(reset="hard", v_reset=-0.5)
+    x = torch.full((4, 1), 0.9, dtype=torch.float64)
+    # u1 = 0.9; u2 = 1.08 -> spike, v = -0.5; u3 = -0.1 + 0.9 = 0.8; u4 = 0.16 + 0.9 = 1.06 -> spike
+    assert lif_multistep(x, p).flatten().tolist() == [0, 1, 0, 1]
+    s, v, u = lif_step(torch.tensor([0.5]), torch.tensor([0.98]), p)
+    assert (s.item(), v.item()) == (1.0, -0.5) and u.item() == pytest.approx(1.08)
+
+
+def test_eligibility_by_hand_soft_detached():
+    # g = (1/T) Σ σ'(u_t − 1)·ρ_t with ρ_t = 1 + λ + … + λ^{t−1}
+    p = NeuronParams()
+    sur = p.make_surrogate()
+    x = torch.tensor([[0.9], [0.9], [0.9]], dtype=torch.float64)
+    s, r, g = lif_multistep_record(x, p, sur)
+    u = torch.tensor([0.9, 1.08, 0.916], dtype=torch.float64)
+    rho = torch.tensor([1.0, 1.2, 1.24], dtype=torch.float64)
+    expected = (sigmoid_grad(u - 1.0, 4.0) * rho).mean()
+    assert r.item() == pytest.approx(1 / 3)
+    assert g.item() == pytest.approx(expected.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("make_mode,split", [(lambda T: MultiStep(T), False), (lambda T: SingleStep(), True)])
+def test_module_matches_functions(make_mode, split):
+    p = NeuronParams(decay=0.5)
+    layer = LIF(p)
+    x = torch.randn(5, 3, 7) * 2
+    with neuron_mode(layer, lambda _: make_mode(5)) as modes:
+        out = torch.stack([layer(xt) for xt in x]) if split else layer(x.flatten(0, 1)).unflatten(0, (5, 3))
+    expected = lif_multistep(x, p)
+    assert torch.equal(out, expected)
+    assert torch.equal(modes[0].spike_counts, expected.sum(dim=(0, 2)))
+    assert layer.mode is None
+
+
+def test_layer_outside_a_mode_says_what_to_do():
+    with pytest.raises(RuntimeError, match="call the SpikingNet"):
+        LIF(NeuronParams())(torch.zeros(2))
+
+
+def test_surrogate_gradient_matches_autograd_of_its_primitive():
+    x = torch.linspace(-3, 3, 101, dtype=torch.float64, requires_grad=True)
+    torch.sigmoid(4.0 * x).sum().backward()
+    assert torch.allclose(sigmoid_grad(x.detach(), 4.0), x.grad, atol=1e-14)
+    assert sigmoid_grad(torch.zeros(1), 4.0).item() == pytest.approx(1.0)  # peak α/4 = 1
+
+
+def test_surrogate_spike_forward_is_heaviside_backward_is_formula():
+    sur = make_surrogate("sigmoid", 2.0)
+    x = torch.randn(50, dtype=torch.float64, requires_grad=True)
+    y = sur.spike(x)
+    assert torch.equal(y, heaviside(x.detach()))
+    y.sum().backward()
+    assert torch.allclose(x.grad, sigmoid_grad(x.detach(), 2.0))
+
+
+@pytest.mark.parametrize("reset,detach", RESET_MODES)
+def test_spikingjelly_fused_lif_agrees_with_reference(reset, detach):
+    p = NeuronParams(reset=reset, detach_reset=detach)
+    x = (torch.randn(6, 4, 32) * 1.5).requires_grad_()
+    g = torch.randn(6, 4, 32)
+    s_sj = spikingjelly_multistep(x, p)
+    (grad_sj,) = torch.autograd.grad((s_sj * g).sum(), x)
+    s_ref = lif_multistep(x, p, p.make_surrogate().spike)
+    (grad_ref,) = torch.autograd.grad((s_ref * g).sum(), x)
+    assert torch.equal(s_sj, s_ref)
+    assert torch.allclose(grad_sj, grad_ref, atol=1e-5)
+
+
+def test_invalid_neuron_parameters_name_the_choices():
+    with pytest.raises(ValueError, match="neuron.reset must be one of"):
+        NeuronParams(reset="medium")
+    with pytest.raises(ValueError, match=r"neuron.decay must be in \[0, 1\)"):
+        NeuronParams(decay=1.0)
