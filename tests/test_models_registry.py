@@ -15,6 +15,7 @@ from snnkit.spiking import spiking_layers
 # name -> (input shape of one step, kind, classes) for the tests; every registered model needs one
 INPUTS = {
     "digits_convnet": ((1, 8, 8), "static", 10),
+    "mnist_convnet": ((1, 28, 28), "static", 10),
     "resnet18": ((3, 32, 32), "static", 10),
     "resnet19": ((3, 32, 32), "static", 10),
     "vgg11": ((3, 32, 32), "static", 10),
