@@ -1,16 +1,12 @@
 """Every dataset loader on tiny files written here in the real on-disk formats, and its errors."""
 from __future__ import annotations
 
-import gzip
-import pickle
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from snnkit.data import DATASETS, encode, load_dataset
 from snnkit.data.augment import Cutout, EventAugment, cifar_train
@@ -18,8 +14,10 @@ from snnkit.data.cifar10_dvs import FRAMES_DIR, split_per_class
 from snnkit.data.idx import FASHION_MNIST_ROOT
 from snnkit.errors import DataError
 
+from data_files import (DVS_CLASSES, dump, write_cifar10, write_dvs_frames, write_idx, write_idx_set,
+                        write_image_folders)
+
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-DVS_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 def normalized(pixels: np.ndarray, mean, std) -> torch.Tensor:
@@ -29,21 +27,9 @@ def normalized(pixels: np.ndarray, mean, std) -> torch.Tensor:
 
 
 # --- idx (MNIST, Fashion-MNIST) -------------------------------------------------------------------
-def write_idx(path: Path, array: np.ndarray) -> None:
-    data = bytes([0, 0, 0x08, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-    (gzip.open if path.suffix == ".gz" else open)(path, "wb").write(data)
-
-
 @pytest.fixture
 def idx_root(tmp_path):
-    rng = np.random.default_rng(0)
-    arrays = {"train-images-idx3-ubyte.gz": rng.integers(0, 256, (12, 28, 28), dtype=np.uint8),
-              "train-labels-idx1-ubyte.gz": np.arange(12, dtype=np.uint8) % 10,
-              "t10k-images-idx3-ubyte": rng.integers(0, 256, (5, 28, 28), dtype=np.uint8),
-              "t10k-labels-idx1-ubyte": np.array([3, 1, 4, 1, 5], dtype=np.uint8)}
-    for name, array in arrays.items():
-        write_idx(tmp_path / name, array)
-    return tmp_path, arrays
+    return tmp_path, write_idx_set(tmp_path)
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
@@ -88,26 +74,6 @@ def test_fashion_mnist_from_the_debian_package():
 
 
 # --- CIFAR ----------------------------------------------------------------------------------------
-def dump(path: Path, obj) -> None:
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
-
-
-def write_cifar10(root: Path, per_batch: int = 2) -> dict[str, np.ndarray]:
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    written = {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        data = rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8)
-        labels = rng.integers(0, 10, per_batch).tolist()
-        dump(folder / name, {"batch_label": name, "data": data, "labels": labels,
-                             "filenames": [f"{i}.png" for i in range(per_batch)]})
-        written[name] = (data, labels)
-    dump(folder / "batches.meta", {"label_names": [f"class{i}" for i in range(10)], "num_vis": 3072})
-    return written
-
-
 def test_cifar10_python_batches(tmp_path):
     written = write_cifar10(tmp_path)
     for root in (tmp_path, tmp_path / "cifar-10-batches-py"):  # data.root or the folder itself
@@ -134,19 +100,6 @@ def test_cifar100_python_archive(tmp_path):
     assert (len(b.train), len(b.test), b.num_classes) == (4, 3, 100)
     assert [b.test[i][1] for i in range(3)] == [99, 0, 42]
     assert b.normalization["mean"] == [0.5071, 0.4867, 0.4408]
-
-
-def write_image_folders(root: Path, splits: tuple[str, ...], classes: list[str], size=(32, 32),
-                        suffix=".png") -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(3)
-    pixels = {}
-    for split in splits:
-        for c in classes:
-            (root / split / c).mkdir(parents=True)
-            img = rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8)
-            Image.fromarray(img).save(root / split / c / f"0{suffix}")
-            pixels[f"{split}/{c}"] = img
-    return pixels
 
 
 def test_cifar10_image_folders(tmp_path):
@@ -227,19 +180,6 @@ def test_imagenet_folders(tmp_path):
 
 
 # --- CIFAR10-DVS ----------------------------------------------------------------------------------
-def write_dvs_frames(root: Path, per_class: int) -> dict[str, np.ndarray]:
-    """Frames as SpikingJelly's CIFAR10DVS(frames_number=10, split_by='number') saves them."""
-    rng = np.random.default_rng(4)
-    frames = {}
-    for c in DVS_CLASSES:
-        (root / FRAMES_DIR / c).mkdir(parents=True)
-        for i in range(per_class):
-            f = (rng.random((10, 2, 128, 128)) < 0.01).astype(np.float32)
-            np.savez_compressed(root / FRAMES_DIR / c / f"cifar10_{c}_{i}.npz", frames=f)
-            frames[f"{c}/{i}"] = f
-    return frames
-
-
 def resized(f: np.ndarray) -> torch.Tensor:
     return F.interpolate(torch.from_numpy(f), size=(48, 48), mode="bilinear", antialias=True)
 
