@@ -5,7 +5,7 @@ import torch
 from snnkit.methods import METHODS, build_method
 from snnkit.models import MODELS, ModelSpec, build_model
 
-INPUT = {"digits_convnet": (1, 8, 8)}
+INPUT = {"digits_convnet": (1, 8, 8), "vggsnn": (2, 48, 48)}  # vggsnn flattens a 3×3 map: 48×48 in
 DEFAULT_INPUT = (3, 16, 16)
 
 

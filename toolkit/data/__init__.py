@@ -58,4 +58,4 @@ def encode(x: torch.Tensor, T: int, kind: str) -> torch.Tensor:
     return x.transpose(0, 1)
 
 
-from . import digits  # noqa: E402,F401  (registration)
+from . import cifar, cifar10_dvs, digits, idx, imagenet  # noqa: E402,F401  (registration)

@@ -46,4 +46,4 @@ def build_model(spec: ModelSpec) -> SpikingNet:
     return SpikingNet(body)
 
 
-from . import digits, resnet, vgg  # noqa: E402,F401  (registration)
+from . import digits, imagenet_resnet, mnist, resnet, vgg  # noqa: E402,F401  (registration)

@@ -23,11 +23,13 @@ class BasicBlock(nn.Module):
         return self.spike(self.residual(x) + self.shortcut(x))
 
 
-def stages(cin: int, widths: list[int], depths: list[int], strides: list[int], neuron: NeuronParams):
+def stages(block: type[nn.Module], cin: int, widths: list[int], depths: list[int], strides: list[int],
+           neuron: NeuronParams) -> nn.Sequential:
+    """Stages of ``block(cin, cout, stride, neuron)``; the first block of a stage takes its stride."""
     blocks = []
     for cout, depth, stride in zip(widths, depths, strides):
         for i in range(depth):
-            blocks.append(BasicBlock(cin, cout, stride if i == 0 else 1, neuron))
+            blocks.append(block(cin, cout, stride if i == 0 else 1, neuron))
             cin = cout
     return nn.Sequential(*blocks)
 
@@ -37,7 +39,7 @@ def resnet18(num_classes: int, in_channels: int, neuron: NeuronParams, width: fl
     w = [scaled(c, width) for c in (64, 128, 256, 512)]
     return nn.Sequential(
         conv_bn_lif(in_channels, w[0], neuron),
-        stages(w[0], w, [2, 2, 2, 2], [1, 2, 2, 2], neuron),
+        stages(BasicBlock, w[0], w, [2, 2, 2, 2], [1, 2, 2, 2], neuron),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(w[3], num_classes),
     )
@@ -49,7 +51,7 @@ def resnet19(num_classes: int, in_channels: int, neuron: NeuronParams, width: fl
     hidden = scaled(256, width)
     return nn.Sequential(
         conv_bn_lif(in_channels, w[0], neuron),
-        stages(w[0], w, [3, 3, 2], [1, 2, 2], neuron),
+        stages(BasicBlock, w[0], w, [3, 3, 2], [1, 2, 2], neuron),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(w[2], hidden), LIF(neuron),
         nn.Linear(hidden, num_classes),
