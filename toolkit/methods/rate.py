@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from ..spiking import RatePass, firing_rate, neuron_mode, spiking_layers
 from .base import Method, StepOutput, register_method
 from .batchnorm import record_batchnorm, straight_through_batchnorm
+from .causal import ScalingOptions, causal_scaling
 
 
 @dataclass(frozen=True)
-class RateOptions:
+class RateOptions(ScalingOptions):
     # Multiply the loss gradient by 1/T (the loss value is unchanged), as the reference code does:
     # with SGD this is lr/T and weight decay ×T relative to BPTT, so the paper's lr 0.1 carries over.
     divide_grad_by_T: bool = True
@@ -34,11 +35,12 @@ class RateBackprop(Method):
             logits_seq, modes = run(x_seq, record=True)
         recorded = {layer: mode.recorded() for layer, mode in zip(spiking_layers(body), modes)}
 
-        with straight_through_batchnorm(bn_stats), \
+        with straight_through_batchnorm(bn_stats), causal_scaling(body, 1, self.options) as scale, \
                 neuron_mode(body, lambda layer: RatePass(*recorded[layer])):
             logits = body(x_seq.mean(0))  # the time-averaged input [B, ...]
-        loss = F.cross_entropy(logits, y)
-        (loss / self.T if self.options.divide_grad_by_T else loss).backward()
+            loss = F.cross_entropy(logits, y)
+            (loss / self.T if self.options.divide_grad_by_T else loss).backward()
+            scale()
         step()
         return StepOutput(loss.item(), logits_seq.mean(0), firing_rate(modes))
 

@@ -79,6 +79,7 @@ class Trainer:
         torch.manual_seed(cfg.run.seed)
         self.net = build_model(self.spec).to(self.device)
         self.method: Method = build_method(cfg.method.name, cfg.method.T, cfg.method.options)
+        self.method.check(self.net)
         self.optimizer, self.scheduler = make_optimizer(self.net, cfg.optim)
         self.run_dir = run_dir
         self.epoch = 0
