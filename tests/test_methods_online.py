@@ -9,7 +9,7 @@ from snnkit.config import resolve_config
 from snnkit.data import encode, load_dataset
 from snnkit.errors import ConfigError
 from snnkit.methods import METHODS, build_method
-from snnkit.models import ModelSpec, build_model
+from snnkit.models import MODELS, ModelSpec, build_model
 from snnkit.neuron import NeuronParams
 from snnkit.spiking import LIF, SpikingNet, spiking_layers
 from snnkit.training import Trainer
@@ -214,3 +214,17 @@ def test_online_methods_lower_the_loss_on_digits(name):
         losses.append(method.train_step(net, encode(x[idx], 2, "static"), y[idx], step).loss)
     assert sum(losses[-15:]) < 0.5 * sum(losses[:15])
     assert len(spiking_layers(net.body)) == 3
+
+
+@pytest.mark.parametrize("model", MODELS.names())
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_trains_every_model(name, model):
+    net = build_model(ModelSpec(model, 10, 3, NeuronParams(), width=0.125)).train()
+    method = build_method(name, 2)
+    method.check(net)
+    log = GradLog(net)
+    size = 8 if model == "digits_convnet" else 16  # the CIFAR models pool 16×16 down to 1×1
+    out = method.train_step(net, torch.randn(2, 4, 3, size, size), torch.tensor([0, 1, 2, 3]), log)
+    first = next(p for p in net.parameters() if p.dim() > 1)
+    grad = log.total()[next(n for n, p in net.named_parameters() if p is first)]
+    assert torch.isfinite(torch.tensor(out.loss)) and torch.isfinite(grad).all() and grad.abs().sum() > 0
