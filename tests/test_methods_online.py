@@ -11,7 +11,7 @@ from snnkit.errors import ConfigError
 from snnkit.methods import METHODS, build_method
 from snnkit.models import MODELS, ModelSpec, build_model
 from snnkit.neuron import NeuronParams
-from snnkit.spiking import LIF, SpikingNet, spiking_layers
+from snnkit.spiking import LIF, SpikingNet
 from snnkit.training import Trainer
 
 ONLINE = ["ottt_a", "ottt_o", "sltt", "sltt_k", "saf_e", "saf_f"]
@@ -213,7 +213,6 @@ def test_online_methods_lower_the_loss_on_digits(name):
         idx = torch.randint(0, len(y), (32,))
         losses.append(method.train_step(net, encode(x[idx], 2, "static"), y[idx], step).loss)
     assert sum(losses[-15:]) < 0.5 * sum(losses[:15])
-    assert len(spiking_layers(net.body)) == 3
 
 
 @pytest.mark.parametrize("model", MODELS.names())

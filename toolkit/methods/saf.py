@@ -112,7 +112,8 @@ class SAF(OnlineMethod):
     @contextmanager
     def scope(self, body):
         lifs = spiking_layers(body)
-        clock, decay = Clock(lifs[0].neuron.decay), lifs[0].neuron.decay
+        decay = lifs[0].neuron.decay
+        clock = Clock(decay)
         forwards = {}
         for layer, lif in next_lif(body).items():
             op = parametric_op(layer)
