@@ -227,3 +227,14 @@ def test_every_method_trains_every_model(name, model):
     first = next(p for p in net.parameters() if p.dim() > 1)
     grad = log.total()[next(n for n, p in net.named_parameters() if p is first)]
     assert torch.isfinite(torch.tensor(out.loss)) and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_cli_stops_an_unsupported_run_at_start_up_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from snnkit.cli.main import app
+
+    result = CliRunner().invoke(app, ["train", "--method", "saf_e", "--set", "neuron.reset=hard",
+                                      "--set", f"run.out_dir={tmp_path}"])
+    assert result.exit_code == 2
+    assert "SAF needs soft reset" in result.output and "Traceback" not in result.output
