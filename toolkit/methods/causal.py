@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ..errors import ConfigError
@@ -97,6 +98,8 @@ def causal_scaling(body: nn.Module, steps: int, options: ScalingOptions) -> Iter
             pre = torch.cat(inputs[layer]).unflatten(0, (steps, -1))  # [steps·B, ...] -> [steps, B, ...]
             pre = presynaptic_trace(pre, lif.neuron.decay).flatten(0, 1)
             c = coincidence(layer, pre, torch.cat(outputs[lif]))
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(c)  # every replica must scale its (already reduced) gradient alike
             layer.weight.grad.mul_(causal_factor(c, options.beta))
 
     handles = ([layer.register_forward_pre_hook(keep_input) for layer in pairs]
