@@ -39,6 +39,10 @@ class Method:
         self.T = T
         self.options = options if options is not None else self.Options()
 
+    def check(self, net: SpikingNet) -> None:
+        """Called once before training: raise :class:`~snnkit.errors.ConfigError` if this method
+        cannot train ``net`` (e.g. a layer it does not support), so the run fails at start-up."""
+
     def train_step(self, net: SpikingNet, x_seq: torch.Tensor, y: torch.Tensor,
                    step: Callable[[], None]) -> StepOutput:
         """Run one iteration on ``x_seq`` ``[T, B, ...]``; call ``step()`` after each backward that

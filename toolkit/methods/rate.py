@@ -14,10 +14,11 @@ import torch.nn.functional as F
 from ..spiking import RatePass, firing_rate, neuron_mode, spiking_layers
 from .base import Method, StepOutput, register_method
 from .batchnorm import BNStats, record_batchnorm, straight_through_batchnorm
+from .causal import ScalingOptions, causal_scaling
 
 
 @dataclass(frozen=True)
-class RateOptions:
+class RateOptions(ScalingOptions):
     # Multiply the loss gradient by 1/T (the loss value is unchanged), as the reference code does:
     # with SGD this is lr/T and weight decay ×T relative to BPTT, so the paper's lr 0.1 carries over.
     divide_grad_by_T: bool = True
@@ -36,9 +37,11 @@ class RateBackprop(Method):
 
     def train_step(self, net, x_seq, y, step):
         spikes = self.spike_pass(net, x_seq)
-        logits = self.rate_pass(net, x_seq, spikes)
-        loss = F.cross_entropy(logits, y)
-        (loss / self.T if self.options.divide_grad_by_T else loss).backward()
+        with causal_scaling(net.body, 1, self.options) as scale:
+            logits = self.rate_pass(net, x_seq, spikes)
+            loss = F.cross_entropy(logits, y)
+            (loss / self.T if self.options.divide_grad_by_T else loss).backward()
+            scale()
         step()
         return StepOutput(loss.item(), spikes.logits_seq.mean(0), firing_rate(spikes.modes))
 

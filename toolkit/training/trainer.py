@@ -84,6 +84,7 @@ class Trainer:
         self.precision = Precision(cfg.run.amp, self.device)
         self.precision.install(self.net)
         self.method: Method = build_method(cfg.method.name, cfg.method.T, cfg.method.options)
+        self.method.check(self.net)
         self.optimizer, self.scheduler = make_optimizer(self.net, cfg.optim)
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.run_dir = run_dir

@@ -1,0 +1,240 @@
+"""OTTT, SLTT and SAF: the identities of methods.md, constant memory in T, clean state, start-up checks."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from snnkit.config import resolve_config
+from snnkit.data import encode, load_dataset
+from snnkit.errors import ConfigError
+from snnkit.methods import METHODS, build_method
+from snnkit.models import MODELS, ModelSpec, build_model
+from snnkit.neuron import NeuronParams
+from snnkit.spiking import LIF, SpikingNet
+from snnkit.training import Trainer
+
+ONLINE = ["ottt_a", "ottt_o", "sltt", "sltt_k", "saf_e", "saf_f"]
+
+
+def tiny_net(dtype=torch.float32, **neuron) -> SpikingNet:
+    net = build_model(ModelSpec("digits_convnet", 10, 1, NeuronParams(**neuron), width=0.25))
+    return net.to(dtype).train()
+
+
+@pytest.fixture
+def batch():
+    x, y = load_dataset("digits").train.tensors
+    return x[:16], y[:16]
+
+
+class GradLog:
+    """A ``step`` that records the gradients it is called with, then zeroes them (weights unchanged)."""
+
+    def __init__(self, net: nn.Module):
+        self.net, self.grads = net, []
+
+    def __call__(self):
+        self.grads.append({n: p.grad.clone() for n, p in self.net.named_parameters() if p.grad is not None})
+        self.net.zero_grad(set_to_none=True)
+
+    def total(self) -> dict[str, torch.Tensor]:
+        return {n: sum(g[n] for g in self.grads) for n in self.grads[0]}
+
+
+def run(name, net, x, y, T=4, dtype=torch.float32, **options):
+    log = GradLog(net)
+    out = build_method(name, T, options).train_step(net, encode(x.to(dtype), T, "static"), y, log)
+    return out, log
+
+
+def assert_grads_equal(a: dict, b: dict, atol: float):
+    assert a.keys() == b.keys()
+    for n in a:
+        torch.testing.assert_close(a[n], b[n], atol=atol, rtol=0, msg=n)
+
+
+def test_sltt_equals_ottt_with_trace_decay_zero(batch):
+    net = tiny_net(torch.float64)
+    _, sltt = run("sltt", copy.deepcopy(net), *batch, dtype=torch.float64)
+    _, ottt = run("ottt_a", copy.deepcopy(net), *batch, dtype=torch.float64, trace_decay=0.0)
+    _, traced = run("ottt_a", copy.deepcopy(net), *batch, dtype=torch.float64)
+    assert_grads_equal(sltt.total(), ottt.total(), atol=1e-12)
+    first = "body.0.0.weight"
+    assert not torch.allclose(sltt.total()[first], traced.total()[first])  # the trace matters
+
+
+def test_saf_e_equals_ottt_o_exactly(batch):
+    net = tiny_net(torch.float64)
+    saf_net, ottt_net = copy.deepcopy(net), copy.deepcopy(net)
+    saf_out, saf = run("saf_e", saf_net, *batch, dtype=torch.float64)
+    ottt_out, ottt = run("ottt_o", ottt_net, *batch, dtype=torch.float64)
+    assert len(saf.grads) == len(ottt.grads) == 4  # one optimiser step per time step
+    for g_saf, g_ottt in zip(saf.grads, ottt.grads):
+        assert_grads_equal(g_saf, g_ottt, atol=1e-12)
+    torch.testing.assert_close(saf_out.logits, ottt_out.logits, atol=1e-12, rtol=0)
+    assert saf_out.firing_rate == ottt_out.firing_rate
+    for a, b in zip(saf_net.buffers(), ottt_net.buffers()):  # BN running statistics
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_ottt_readout_gradient_equals_bptt_with_per_step_loss(batch):
+    net = tiny_net(torch.float64)
+    _, ottt = run("ottt_a", copy.deepcopy(net), *batch, dtype=torch.float64)
+    _, bptt = run("bptt", copy.deepcopy(net), *batch, dtype=torch.float64, layout="single", loss="ce_mse")
+    g_ottt, g_bptt = ottt.total(), bptt.total()
+    for n in ("body.6.weight", "body.6.bias"):  # the linear readout
+        torch.testing.assert_close(g_ottt[n], g_bptt[n], atol=1e-12, rtol=0)
+    assert not torch.allclose(g_ottt["body.0.0.weight"], g_bptt["body.0.0.weight"])  # hidden layers differ
+
+
+def test_saf_forward_is_the_lif_network(batch):
+    net = tiny_net(torch.float64)
+    x_seq = encode(batch[0].to(torch.float64), 4, "static")
+    out, _ = run("saf_f", copy.deepcopy(net), *batch, dtype=torch.float64)
+    with torch.no_grad():
+        logits_seq, _ = copy.deepcopy(net).run_singlestep(x_seq)
+    torch.testing.assert_close(out.logits, logits_seq.mean(0), atol=1e-12, rtol=0)
+
+
+def test_sltt_k_with_k_equal_t_is_sltt(batch):
+    net = tiny_net(torch.float64)
+    _, sltt = run("sltt", copy.deepcopy(net), *batch, dtype=torch.float64)
+    _, sltt_k = run("sltt_k", copy.deepcopy(net), *batch, dtype=torch.float64, K=4)
+    assert_grads_equal(sltt.total(), sltt_k.total(), atol=1e-12)
+    with pytest.raises(ConfigError, match="method.K = 5 exceeds method.T = 4; set method.K <= T"):
+        build_method("sltt_k", 4, {"K": 5})
+
+
+class SavedTensors:
+    """Counts the tensors autograd keeps for backward (and their bytes), at the peak."""
+
+    def __init__(self):
+        self.live = self.bytes = self.peak = self.peak_bytes = 0
+
+    def pack(self, t):
+        self.live += 1
+        self.bytes += t.numel() * t.element_size()
+        self.peak, self.peak_bytes = max(self.peak, self.live), max(self.peak_bytes, self.bytes)
+        return _Packed(t, self)
+
+    @staticmethod
+    def unpack(packed):
+        return packed.tensor
+
+
+class _Packed:
+    def __init__(self, tensor, counter):
+        self.tensor, self.counter = tensor, counter
+
+    def __del__(self):
+        self.counter.live -= 1
+        self.counter.bytes -= self.tensor.numel() * self.tensor.element_size()
+
+
+def peak_saved(name: str, T: int, batch) -> tuple[int, int]:
+    counter = SavedTensors()
+    with torch.autograd.graph.saved_tensors_hooks(counter.pack, counter.unpack):
+        run(name, tiny_net(), *batch, T=T)
+    return counter.peak, counter.peak_bytes
+
+
+@pytest.mark.parametrize("name", ONLINE)
+def test_online_memory_is_constant_in_T(name, batch):
+    assert peak_saved(name, 2, batch) == peak_saved(name, 8, batch)
+
+
+def test_bptt_memory_grows_with_T(batch):  # the counter sees what the test above rules out
+    (count2, bytes2), (count8, bytes8) = peak_saved("bptt", 2, batch), peak_saved("bptt", 8, batch)
+    assert bytes8 >= 3 * bytes2 and count8 >= count2
+
+
+def leftover_state(net: SpikingNet) -> list:
+    return [m for m in net.modules()
+            if "forward" in vars(m) or m._forward_hooks or m._forward_pre_hooks
+            or (isinstance(m, LIF) and m.mode is not None)]
+
+
+@pytest.mark.parametrize("name, options", [(n, {}) for n in METHODS.names()]
+                         + [("bptt", {"grad_scale": "causal"}), ("rate_s", {"grad_scale": "causal"})])
+def test_state_is_clean_after_an_iteration(name, options, batch):
+    net = tiny_net()
+    grads = []
+    for _ in range(2):
+        torch.manual_seed(1)  # sltt_k draws its steps from the global generator
+        _, log = run(name, net, *batch, **options)
+        grads.append(log.total())
+        assert leftover_state(net) == []
+        assert torch.is_grad_enabled()
+    assert_grads_equal(*grads, atol=0)
+
+
+def test_state_is_clean_after_an_error(batch):
+    net = tiny_net()
+
+    def failing_step():
+        raise RuntimeError("boom")
+
+    for name in ONLINE:
+        with pytest.raises(RuntimeError, match="boom"):
+            build_method(name, 2).train_step(net, encode(batch[0], 2, "static"), batch[1], failing_step)
+        assert leftover_state(net) == []
+
+
+def test_saf_rejects_what_it_cannot_train_at_start_up(tmp_path):
+    pooled = SpikingNet(nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), LIF(NeuronParams()), nn.MaxPool2d(2),
+                                      nn.Conv2d(4, 4, 3, padding=1), LIF(NeuronParams()), nn.Flatten(),
+                                      nn.Linear(64, 10)))
+    with pytest.raises(ConfigError) as e:
+        build_method("saf_e", 4).check(pooled)
+    assert str(e.value) == ("SAF cannot train layer 2 (MaxPool2d): SAF accumulates inputs over time, so every "
+                            "layer before the last LIF must be conv, linear, BatchNorm or average pooling; "
+                            "train with ottt_o or sltt instead")
+    build_method("ottt_o", 4).check(pooled)  # the trace-based methods take the pooled spikes' trace
+    cfg = resolve_config(None, ["method.name=saf_f", "neuron.reset=hard", "optim.epochs=1"])
+    with pytest.raises(ConfigError, match="SAF needs soft reset and one decay for every LIF layer"):
+        Trainer(cfg, tmp_path)
+
+
+@pytest.mark.parametrize("name", ONLINE)
+def test_online_methods_lower_the_loss_on_digits(name):
+    torch.set_num_threads(1)
+    x, y = load_dataset("digits").train.tensors
+    net = tiny_net()
+    method = build_method(name, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+
+    def step():
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    losses = []
+    for _ in range(100):
+        idx = torch.randint(0, len(y), (32,))
+        losses.append(method.train_step(net, encode(x[idx], 2, "static"), y[idx], step).loss)
+    assert sum(losses[-15:]) < 0.5 * sum(losses[:15])
+
+
+@pytest.mark.parametrize("model", MODELS.names())
+@pytest.mark.parametrize("name", METHODS.names())
+def test_every_method_trains_every_model(name, model):
+    net = build_model(ModelSpec(model, 10, 3, NeuronParams(), width=0.125)).train()
+    method = build_method(name, 2)
+    method.check(net)
+    log = GradLog(net)
+    size = 8 if model == "digits_convnet" else 16  # the CIFAR models pool 16×16 down to 1×1
+    out = method.train_step(net, torch.randn(2, 4, 3, size, size), torch.tensor([0, 1, 2, 3]), log)
+    first = next(p for p in net.parameters() if p.dim() > 1)
+    grad = log.total()[next(n for n, p in net.named_parameters() if p is first)]
+    assert torch.isfinite(torch.tensor(out.loss)) and torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_cli_stops_an_unsupported_run_at_start_up_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from snnkit.cli.main import app
+
+    result = CliRunner().invoke(app, ["train", "--method", "saf_e", "--set", "neuron.reset=hard",
+                                      "--set", f"run.out_dir={tmp_path}"])
+    assert result.exit_code == 2
+    assert "SAF needs soft reset" in result.output and "Traceback" not in result.output
