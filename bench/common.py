@@ -170,6 +170,21 @@ def reference_spike_pass() -> Iterator[None]:
         spiking.record_multistep = fast
 
 
+@torch.no_grad()
+def lif_inputs(net: spiking.SpikingNet, x_seq: torch.Tensor) -> list[tuple[LIF, torch.Tensor]]:
+    """Each LIF layer with the ``[T, B, ...]`` current it receives in the multi-step spike pass."""
+    seen = []
+    hooks = [lif.register_forward_pre_hook(
+        lambda lif, args: seen.append((lif, args[0].unflatten(0, (x_seq.shape[0], -1)).clone())))
+        for lif in spiking.spiking_layers(net.body)]
+    try:
+        net.run_multistep(x_seq, record=True)
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
 # --- output -------------------------------------------------------------------------------------
 def machine() -> dict:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),

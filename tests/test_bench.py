@@ -95,3 +95,11 @@ def test_bptt_saved_memory_grows_with_T():
 def test_spike_pass_row_times_both_paths():
     out = train_cost.measure(setting("spike_pass", 2))
     assert out["speedup"] == pytest.approx(out["reference_seconds"] / out["fast_seconds"])
+    assert out["lif_speedup"] == pytest.approx(out["lif_reference_seconds"] / out["lif_fast_seconds"])
+
+
+def test_lif_inputs_are_the_currents_of_every_layer():
+    net, x = tiny(), torch.rand(2, 4, 1, 8, 8)
+    currents = common.lif_inputs(net, x)
+    assert [lif for lif, _ in currents] == spiking.spiking_layers(net.body)
+    assert [tuple(c.shape[:2]) for _, c in currents] == [(2, 4)] * 3
