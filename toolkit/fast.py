@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from .neuron import NeuronParams
-from .surrogate import Surrogate
+from .surrogate import Sigmoid, Surrogate
 
 
 class FastSpikePass:
@@ -36,7 +36,7 @@ class FastSpikePass:
 
     def _surrogate_grad(self) -> float:
         """Write σ'(d) / scale into ``self.sg`` and return the scale (α for the sigmoid)."""
-        if self.surrogate.name != "sigmoid":
+        if not isinstance(self.surrogate, Sigmoid):
             self.sg.copy_(self.surrogate.grad(self.d))
             return 1.0
         alpha = self.surrogate.alpha
