@@ -14,7 +14,8 @@ from typing import Callable, Iterator, NamedTuple, Optional
 import torch
 from torch import nn
 
-from .neuron import NeuronParams, RateRecorder, lif_multistep, lif_multistep_record, lif_step
+from .fast import FastSpikePass, fast_multistep_record
+from .neuron import NeuronParams, lif_multistep, lif_step
 from .surrogate import heaviside
 
 
@@ -102,16 +103,17 @@ class SingleStep(Mode):
     def __init__(self, record: bool = False):
         super().__init__()
         self.v: torch.Tensor | float = 0.0
-        self.recorder: Optional[RateRecorder] = None
+        self.recorder: Optional[FastSpikePass] = None
         self.record = record
 
     def __call__(self, lif: LIF, x: torch.Tensor) -> torch.Tensor:
-        spike_fn = lif.surrogate.spike if torch.is_grad_enabled() else heaviside
-        s, self.v, u = lif_step(self.v, x, lif.neuron, spike_fn)
-        if self.record:
+        if self.record:  # the spike pass (no autograd): the fast pass keeps the potential
             if self.recorder is None:
-                self.recorder = RateRecorder(lif.neuron, lif.surrogate)
-            self.recorder.update(u, s)
+                self.recorder = FastSpikePass(lif.neuron, lif.surrogate)
+            s = self.recorder.step(x)
+        else:
+            spike_fn = lif.surrogate.spike if torch.is_grad_enabled() else heaviside
+            s, self.v, _ = lif_step(self.v, x, lif.neuron, spike_fn)
         self.count(s.unsqueeze(0), 1)
         return s
 
@@ -136,7 +138,9 @@ class RatePass(Mode):
 
 
 def record_multistep(x_seq: torch.Tensor, lif: LIF):
-    return lif_multistep_record(x_seq, lif.neuron, lif.surrogate)
+    """The spike pass of one layer, (spikes [T, ...], r, g), by the fast pass of :mod:`snnkit.fast`
+    (tested identical to the reference :func:`~snnkit.neuron.lif_multistep_record`)."""
+    return fast_multistep_record(x_seq, lif.neuron, lif.surrogate)
 
 
 def spikingjelly_applies(x_seq: torch.Tensor, p: NeuronParams) -> bool:

@@ -1,0 +1,286 @@
+"""Training cost against T for every registered method: memory and time per iteration.
+
+    python bench/train_cost.py --quick     # a few minutes on 2 CPU cores
+    python bench/train_cost.py             # digits net, CIFAR-shaped resnet18 and vgg11 at batch 32
+
+Rows: every method in snnkit's registry (``--methods`` filters; BPTT in the multi-step layout, its
+fastest honest form, plus the single-step layout as an extra row), SpikingJelly's memopt (BPTT with
+gradient checkpointing) where it runs, and the floor (T no-grad forward steps plus one
+forward/backward at batch B of the same network as an ANN). Each (model, T, row) runs in a fresh
+subprocess, so its peak RSS is its own. Per iteration: bytes saved for backward at the peak
+(counted per storage), peak RSS, CUDA max allocated (on CUDA), the median time of ``--iters`` timed
+iterations after warm-up, and its ratio to BPTT and to the floor at the same T in the same run.
+A last table times the rate_M spike pass, fast against the pure-function reference.
+Writes ``<out>/train_cost.{json,md}`` and memory/time-vs-T plots per model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (Floor, Memopt, SavedTensorMeter, lif_inputs, machine, markdown_table,  # noqa: E402
+                    median_seconds, peak_rss_bytes, reference_spike_pass, write_atomic, write_json)
+
+from snnkit.methods import METHODS, build_method  # noqa: E402
+from snnkit.fast import fast_multistep_record  # noqa: E402
+from snnkit.models import ModelSpec, build_model  # noqa: E402
+from snnkit.neuron import lif_multistep_record  # noqa: E402
+
+log = logging.getLogger("bench.train_cost")
+INPUTS = {"digits_convnet": (1, 8, 8), "resnet18": (3, 32, 32), "vgg11": (3, 32, 32)}
+EXTRA_ROWS = ("memopt", "floor")
+MIB = 2 ** 20
+
+
+@dataclass(frozen=True)
+class Setting:
+    model: str
+    width: float
+    batch: int
+    T: int
+    row: str  # the table's row label
+    method: str  # a registered method, "memopt", "floor" or "spike_pass"
+    options: dict = field(default_factory=dict)
+    warmup: int = 2
+    iters: int = 10
+    device: str = "cpu"
+
+
+def rows(methods: list[str]) -> list[tuple[str, str, dict]]:
+    """(label, method, options) for every registered method asked for, then the extra rows."""
+    out = []
+    for name in METHODS.names():
+        if name not in methods:
+            continue
+        if name == "bptt":
+            out += [("bptt", "bptt", {"layout": "multi"}), ("bptt[single]", "bptt", {"layout": "single"})]
+        else:
+            out.append((name, name, {}))
+    return out + [(r, r, {}) for r in EXTRA_ROWS if r in methods]
+
+
+# --- the child: one configuration in a fresh process ---------------------------------------------
+def measure(s: Setting) -> dict:
+    torch.manual_seed(0)
+    device = torch.device(s.device)
+    net = build_model(ModelSpec(s.model, 10, INPUTS[s.model][0], width=s.width)).to(device)
+    x = torch.rand(s.batch, *INPUTS[s.model], device=device)
+    x_seq, y = x.expand(s.T, *x.shape), torch.randint(0, 10, (s.batch,), device=device)
+    if s.method == "spike_pass":
+        return spike_pass(net, x_seq, s, device)
+    method = (Floor(s.T) if s.method == "floor" else Memopt(s.T, net) if s.method == "memopt"
+              else build_method(s.method, s.T, s.options))
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+
+    def step():
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    def iteration():
+        method.train_step(net, x_seq, y, step)
+
+    iteration()  # lazy initialisation out of the way before memory is measured
+    meter = SavedTensorMeter()
+    with meter.measuring():
+        iteration()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    seconds = median_seconds(iteration, s.warmup, s.iters, device)
+    return {"saved_bytes": meter.peak, "seconds": seconds, "peak_rss_bytes": peak_rss_bytes(),
+            "cuda_max_allocated_bytes": (torch.cuda.max_memory_allocated(device)
+                                         if device.type == "cuda" else None)}
+
+
+@torch.no_grad()
+def spike_pass(net, x_seq, s: Setting, device) -> dict:
+    """The rate_M spike pass, fast against the reference: the whole network (no autograd), and
+    its LIF layers alone on the currents they receive."""
+    def run():
+        net.run_multistep(x_seq, record=True)
+
+    def lif_layers(record):
+        return lambda: [record(x, lif.neuron, lif.surrogate) for lif, x in currents]
+
+    currents = lif_inputs(net, x_seq)
+    out = {"fast_seconds": median_seconds(run, s.warmup, s.iters, device),
+           "lif_fast_seconds": median_seconds(lif_layers(fast_multistep_record), s.warmup, s.iters, device),
+           "lif_reference_seconds": median_seconds(lif_layers(lif_multistep_record), s.warmup, s.iters, device)}
+    with reference_spike_pass():
+        out["reference_seconds"] = median_seconds(run, s.warmup, s.iters, device)
+    return {**out, "speedup": out["reference_seconds"] / out["fast_seconds"],
+            "lif_speedup": out["lif_reference_seconds"] / out["lif_fast_seconds"]}
+
+
+def run_child(s: Setting) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(asdict(s))],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        reason = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        log.warning("%s %s T=%d did not run: %s", s.model, s.row, s.T, reason)
+        return {"error": reason}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# --- the parent: the sweep, ratios, tables, plots, targets ---------------------------------------
+def sweep(models: list[tuple[str, float, int]], Ts: list[int], methods: list[str], base: Setting) -> list[dict]:
+    results = []
+    for model, width, batch in models:
+        for T in Ts:
+            settings = [replace(base, model=model, width=width, batch=batch, T=T, row=label, method=m, options=o)
+                        for label, m, o in rows(methods)]
+            if "rate_m" in methods:
+                settings.append(replace(base, model=model, width=width, batch=batch, T=T,
+                                        row="spike_pass", method="spike_pass"))
+            for s in settings:
+                start = time.perf_counter()
+                results.append({**asdict(s), **run_child(s)})
+                log.info("%-15s T=%-2d %-13s %5.1fs", model, T, s.row, time.perf_counter() - start)
+    add_ratios(results)
+    return results
+
+
+def add_ratios(results: list[dict]) -> None:
+    by_key = {(r["model"], r["T"], r["row"]): r for r in results}
+    for r in results:
+        if "seconds" not in r:
+            continue
+        for ref, key in (("bptt", "x_bptt"), ("floor", "x_floor")):
+            other = by_key.get((r["model"], r["T"], ref), {})
+            if "seconds" in other:
+                r[key] = r["seconds"] / other["seconds"]
+
+
+def fmt(v, scale=1.0, digits=1) -> str:
+    return "–" if v is None else f"{v / scale:.{digits}f}"
+
+
+def tables(results: list[dict]) -> str:
+    cuda = any(r.get("cuda_max_allocated_bytes") for r in results)
+    header = ["model", "row", "T", "saved for backward (MiB)", "peak RSS (MiB)",
+              *(["CUDA max alloc (MiB)"] if cuda else []), "time/iter (ms)", "× BPTT", "× floor"]
+    body, spikes = [], []
+    for r in results:
+        if r["row"] == "spike_pass":
+            if "speedup" in r:
+                spikes.append([r["model"], r["T"], fmt(r["reference_seconds"], 1e-3), fmt(r["fast_seconds"], 1e-3),
+                               fmt(r["speedup"], digits=2), fmt(r["lif_reference_seconds"], 1e-3),
+                               fmt(r["lif_fast_seconds"], 1e-3), fmt(r["lif_speedup"], digits=2)])
+            continue
+        if "error" in r:
+            body.append([r["model"], r["row"], r["T"], f"did not run: {r['error'][:80]}", "", *([""] if cuda else []),
+                         "", "", ""])
+            continue
+        body.append([r["model"], r["row"], r["T"], fmt(r["saved_bytes"], MIB, 2), fmt(r["peak_rss_bytes"], MIB, 0),
+                     *([fmt(r["cuda_max_allocated_bytes"], MIB, 0)] if cuda else []),
+                     fmt(r["seconds"], 1e-3), fmt(r.get("x_bptt"), digits=2), fmt(r.get("x_floor"), digits=2)])
+    text = markdown_table(header, body)
+    if spikes:
+        text += "\n\nrate_M spike pass (no autograd), fast against the reference:\n\n" + markdown_table(
+            ["model", "T", "network, reference (ms)", "network, fast (ms)", "speedup",
+             "LIF layers, reference (ms)", "LIF layers, fast (ms)", "speedup"], spikes)
+    return text
+
+
+def plots(results: list[dict], out: Path) -> list[str]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    out.mkdir(parents=True, exist_ok=True)
+    for model in dict.fromkeys(r["model"] for r in results):
+        mine = [r for r in results if r["model"] == model and "seconds" in r]
+        for key, label, scale in (("saved_bytes", "saved for backward (MiB)", MIB), ("seconds", "time per iteration (s)", 1)):
+            fig, ax = plt.subplots(figsize=(5, 3.5))
+            for row in dict.fromkeys(r["row"] for r in mine):
+                pts = [(r["T"], r[key] / scale) for r in mine if r["row"] == row]
+                ax.plot(*zip(*pts), marker="o", label=row)
+            ax.set(xlabel="T", ylabel=label, title=model, xscale="log", yscale="log")
+            ax.set_xticks(sorted({r["T"] for r in mine}), labels=[str(t) for t in sorted({r["T"] for r in mine})])
+            ax.legend(fontsize=7)
+            fig.tight_layout()
+            path = out / f"train_cost_{model}_{'memory' if key == 'saved_bytes' else 'time'}.png"
+            tmp = path.with_name(f".{path.name}")
+            fig.savefig(tmp, dpi=120, format="png")
+            tmp.replace(path)
+            plt.close(fig)
+            written.append(str(path))
+    return written
+
+
+def targets(results: list[dict]) -> list[dict]:
+    """The issue's targets, on resnet18 where it was measured (at whatever width and batch ran)."""
+    get = {(r["row"], r["T"]): r for r in results if r["model"] == "resnet18"}
+    checks = []
+
+    def check(name, value, limit, higher_is_better=False):
+        if value is not None:
+            met = value >= limit if higher_is_better else value <= limit
+            checks.append({"target": name, "value": round(value, 3), "limit": limit, "met": met})
+
+    def ratio(a, b, key):
+        ra, rb = get.get(a, {}), get.get(b, {})
+        return ra[key] / rb[key] if key in ra and key in rb else None
+
+    for m in ("rate_m", "rate_s"):
+        check(f"{m} saved memory T=16 / T=1", ratio((m, 16), (m, 1), "saved_bytes"), 1.1)
+        check(f"{m} saved memory T=16 / BPTT T=16", ratio((m, 16), ("bptt", 16), "saved_bytes"), 0.15)
+    check("rate_m time / BPTT at T=8", ratio(("rate_m", 8), ("bptt", 8), "seconds"), 0.5)
+    check("rate_m time / floor at T=8", ratio(("rate_m", 8), ("floor", 8), "seconds"), 1.3)
+    spike_pass = get.get(("spike_pass", 8), {})
+    check("spike pass speedup (whole network), T=8", spike_pass.get("speedup"), 1.5, True)
+    check("spike pass speedup (LIF layers alone), T=8", spike_pass.get("lif_speedup"), 1.5, True)
+    return checks
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="digits net and resnet18 at width 0.25, batch 16")
+    parser.add_argument("--methods", help="comma-separated rows to run (default: every method, memopt, floor)")
+    parser.add_argument("--T", default="1,2,4,8,16", help="comma-separated time steps")
+    parser.add_argument("--iters", type=int, default=10, help="timed iterations per configuration")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        print(json.dumps(measure(Setting(**json.loads(args.child)))))
+        return
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    known = METHODS.names() + list(EXTRA_ROWS)
+    methods = args.methods.split(",") if args.methods else known
+    unknown = sorted(set(methods) - set(known))
+    if unknown:
+        parser.error(f"unknown rows {', '.join(unknown)}; choose from {', '.join(known)}")
+    models = ([("digits_convnet", 1.0, 64), ("resnet18", 0.25, 16)] if args.quick
+              else [("digits_convnet", 1.0, 64), ("resnet18", 1.0, 32), ("vgg11", 1.0, 32)])
+    Ts = [int(t) for t in args.T.split(",")]
+    start = time.perf_counter()
+    results = sweep(models, Ts, methods, Setting("", 1.0, 0, 0, "", "", iters=args.iters, device=args.device))
+    checks = targets(results)
+    command = "python bench/train_cost.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    report = {"command": command, "machine": machine(), "seconds": time.perf_counter() - start,
+              "results": results, "targets": checks}
+    md = f"`{command}` on {machine()['processor']}, {machine()['cpus']} CPUs, torch {torch.__version__}\n\n"
+    md += tables(results)
+    if checks:
+        md += "\n\nTargets (resnet18):\n\n" + markdown_table(
+            ["target", "value", "limit", "met"], [[c["target"], c["value"], c["limit"], c["met"]] for c in checks])
+    report["plots"] = plots(results, args.out)
+    write_json(args.out / "train_cost.json", report)
+    write_atomic(args.out / "train_cost.md", md + "\n")
+    print(md)
+    log.info("wrote %s and %s (%.0fs)", args.out / "train_cost.json", args.out / "train_cost.md", report["seconds"])
+
+
+if __name__ == "__main__":
+    main()

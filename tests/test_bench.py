@@ -1,0 +1,105 @@
+"""The benchmark's meters and baselines measure what they claim."""
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+import common  # noqa: E402
+import train_cost  # noqa: E402
+
+from snnkit import spiking  # noqa: E402
+from snnkit.methods import build_method  # noqa: E402
+from snnkit.models import ModelSpec, build_model  # noqa: E402
+from snnkit.spiking import LIF  # noqa: E402
+
+
+def test_meter_counts_each_storage_once_and_releases():
+    meter = common.SavedTensorMeter()
+    a = torch.randn(1000, dtype=torch.float64, requires_grad=True)
+    with meter.measuring():
+        loss = (a * a).sum()  # saves a twice: one storage
+    assert meter.current == meter.peak == 8000
+    loss.backward()
+    assert meter.current == 0 and meter.peak == 8000
+
+
+def test_meter_peak_of_per_step_backward_is_one_graph():
+    meter = common.SavedTensorMeter()
+    a = torch.randn(500, requires_grad=True)
+    with meter.measuring():
+        for _ in range(3):
+            a.exp().sum().backward()  # saves its 2000-byte output; freed by backward
+    assert meter.peak == 2000 and meter.current == 0
+
+
+def test_rows_follow_the_registry_and_filter():
+    labels = [r[0] for r in train_cost.rows(["bptt", "rate_m", "rate_s", "memopt", "floor"])]
+    assert labels == ["bptt", "bptt[single]", "rate_m", "rate_s", "memopt", "floor"]
+    assert [r[0] for r in train_cost.rows(["rate_s"])] == ["rate_s"]
+
+
+def test_segments_cover_the_body_in_order_and_end_at_spiking_layers():
+    body = build_model(ModelSpec("resnet18", 10, 3, width=0.125)).body
+    segs = common.segments(body)
+    assert [m for seg in segs for m in seg] == common.flat_modules(body)
+    assert all(any(isinstance(x, LIF) for m in seg[-1:] for x in m.modules()) for seg in segs[:-1])
+    assert len(segs) == 1 + 8 + 1  # stem, eight blocks, head
+
+
+def tiny(seed=3):
+    torch.manual_seed(seed)
+    return build_model(ModelSpec("digits_convnet", 10, 1, width=0.25))
+
+
+def grads_after(method, net, T=3):
+    torch.manual_seed(4)
+    x = torch.rand(6, 1, 8, 8)
+    method.train_step(net, x.expand(T, *x.shape), torch.arange(6), lambda: None)
+    return [p.grad for p in net.parameters()]
+
+
+def test_memopt_gives_bptt_gradients():
+    reference = grads_after(build_method("bptt", 3), tiny())
+    net = tiny()
+    for a, b in zip(grads_after(common.Memopt(3, net), net), reference):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_floor_reaches_every_parameter():
+    assert all(g is not None and g.abs().sum() > 0 for g in grads_after(common.Floor(3), tiny()))
+
+
+def test_reference_spike_pass_is_scoped():
+    fast = spiking.record_multistep
+    with common.reference_spike_pass():
+        assert spiking.record_multistep is not fast
+    assert spiking.record_multistep is fast
+
+
+def setting(method, T, **options):
+    return train_cost.Setting("digits_convnet", 0.25, 8, T, method, method, options, warmup=0, iters=1)
+
+
+@pytest.mark.parametrize("method", ["rate_m", "rate_s"])
+def test_rate_saved_memory_does_not_grow_with_T(method):
+    assert train_cost.measure(setting(method, 4))["saved_bytes"] == train_cost.measure(setting(method, 1))["saved_bytes"]
+
+
+def test_bptt_saved_memory_grows_with_T():
+    one, four = (train_cost.measure(setting("bptt", T, layout="multi"))["saved_bytes"] for T in (1, 4))
+    assert four > 3 * one
+
+
+def test_spike_pass_row_times_both_paths():
+    out = train_cost.measure(setting("spike_pass", 2))
+    assert out["speedup"] == pytest.approx(out["reference_seconds"] / out["fast_seconds"])
+    assert out["lif_speedup"] == pytest.approx(out["lif_reference_seconds"] / out["lif_fast_seconds"])
+
+
+def test_lif_inputs_are_the_currents_of_every_layer():
+    net, x = tiny(), torch.rand(2, 4, 1, 8, 8)
+    currents = common.lif_inputs(net, x)
+    assert [lif for lif, _ in currents] == spiking.spiking_layers(net.body)
+    assert [tuple(c.shape[:2]) for _, c in currents] == [(2, 4)] * 3

@@ -1,0 +1,155 @@
+"""The fast spike pass gives the reference's spikes (bit for bit), rates and eligibilities."""
+import pytest
+import torch
+from torch import nn
+
+from snnkit import spiking
+from snnkit.fast import FastSpikePass, fast_multistep_record
+from snnkit.methods import build_method
+from snnkit.models import ModelSpec, build_model
+from snnkit.neuron import NeuronParams, RateRecorder, lif_multistep_record, lif_step
+from snnkit.spiking import LIF, SpikingNet
+from snnkit.surrogate import Surrogate, sigmoid_grad
+
+NEURONS = [
+    NeuronParams(reset=reset, detach_reset=detach, v_reset=v_reset)
+    for reset, v_reset in (("soft", 0.0), ("hard", 0.0), ("hard", -0.3))
+    for detach in (True, False)
+]
+
+
+def neuron_id(p):
+    return f"{p.reset}-vr{p.v_reset}-{'detached' if p.detach_reset else 'attached'}"
+
+
+def currents(T, dtype=torch.float32):
+    """Currents spread around the threshold, so that rates range over (0, 1)."""
+    return (torch.randn(T, 3, 5, 7, dtype=dtype) * 0.8 + 0.6)
+
+
+def assert_same(fast, ref):
+    (s, r, g), (s_ref, r_ref, g_ref) = fast, ref
+    assert torch.equal(s, s_ref)
+    assert torch.equal(r, r_ref)
+    torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("p", NEURONS, ids=neuron_id)
+@pytest.mark.parametrize("T", [1, 2, 5, 16])
+def test_multistep_matches_reference(p, T):
+    x = currents(T)
+    out = fast_multistep_record(x, p, p.make_surrogate())
+    assert 0 < float(out[0].mean()) < 1
+    assert_same(out, lif_multistep_record(x, p, p.make_surrogate()))
+
+
+@pytest.mark.parametrize("p", NEURONS, ids=neuron_id)
+def test_multistep_matches_reference_float64(p):
+    x = currents(8, torch.float64)
+    (s, r, g), (s_ref, r_ref, g_ref) = (fast_multistep_record(x, p, p.make_surrogate()),
+                                        lif_multistep_record(x, p, p.make_surrogate()))
+    assert torch.equal(s, s_ref) and torch.equal(r, r_ref)
+    torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-14)
+
+
+def test_soft_detached_eligibility_is_hand_computed():
+    """One neuron, λ = 0.5, constant current 0.6: u = 0.6, 0.9, 1.05 (fires), 0.625."""
+    p = NeuronParams(decay=0.5)
+    x = torch.full((4, 1), 0.6, dtype=torch.float64)
+    s, r, g = fast_multistep_record(x, p, p.make_surrogate())
+    assert s.flatten().tolist() == [0.0, 0.0, 1.0, 0.0]
+    u = torch.tensor([0.6, 0.9, 1.05, 0.625], dtype=torch.float64)
+    rho = torch.tensor([1.0, 1.5, 1.75, 1.875], dtype=torch.float64)
+    torch.testing.assert_close(g, (sigmoid_grad(u - 1.0, 4.0) * rho).mean().view(1), rtol=1e-12, atol=0)
+    assert float(r) == 0.25
+
+
+class Triangle(Surrogate):
+    """A surrogate the fused sigmoid path does not know: exercises the generic path."""
+
+    name = "triangle"
+
+    def grad(self, x):
+        return (1.0 - x.abs()).clamp_min(0.0) * self.alpha
+
+
+@pytest.mark.parametrize("p", NEURONS[:2], ids=neuron_id)
+def test_generic_surrogate_matches_reference(p):
+    x = currents(6)
+    assert_same(fast_multistep_record(x, p, Triangle(1.5)), lif_multistep_record(x, p, Triangle(1.5)))
+
+
+def test_step_writes_into_out_and_rejects_empty_result():
+    p = NeuronParams()
+    spass = FastSpikePass(p, p.make_surrogate())
+    with pytest.raises(RuntimeError, match="recorded no steps"):
+        spass.result()
+    out = torch.empty(3, 4)
+    assert spass.step(torch.full((3, 4), 2.0), out=out) is out
+    assert torch.equal(out, torch.ones(3, 4))
+
+
+def tiny_net(p):
+    torch.manual_seed(1)
+    return SpikingNet(nn.Sequential(nn.Linear(6, 16), LIF(p), nn.Linear(16, 12), LIF(p), nn.Linear(12, 3)))
+
+
+def layer_inputs(net, x_seq):
+    """The [T, B, ...] current reaching each LIF layer in the multi-step layout."""
+    seen = []
+    handles = [m.register_forward_hook(lambda m, i, o: seen.append(i[0].unflatten(0, (x_seq.shape[0], -1))))
+               for m in net.body if isinstance(m, LIF)]
+    with torch.no_grad():
+        net.run_multistep(x_seq)
+    for h in handles:
+        h.remove()
+    return seen
+
+
+@pytest.mark.parametrize("p", NEURONS, ids=neuron_id)
+@pytest.mark.parametrize("layout", ["multi", "single"])
+def test_net_spike_pass_matches_reference(p, layout):
+    """Both call sites (MultiStep and SingleStep recording) record the reference's r and g."""
+    net = tiny_net(p)
+    x_seq = torch.randn(4, 5, 6)
+    run = net.run_multistep if layout == "multi" else net.run_singlestep
+    with torch.no_grad():
+        _, modes = run(x_seq, record=True)
+    for mode, x in zip(modes, layer_inputs(net, x_seq)):
+        _, r_ref, g_ref = lif_multistep_record(x, p, p.make_surrogate())
+        r, g = mode.recorded()
+        assert torch.equal(r, r_ref)
+        torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["rate_m", "rate_s"])
+def test_rate_gradients_unchanged_by_fast_pass(method, monkeypatch):
+    """A whole rate iteration with the fast pass gives the reference pass's gradients."""
+    def grads():
+        torch.manual_seed(2)
+        net = build_model(ModelSpec("digits_convnet", 10, 1, width=0.25))
+        x_seq, y = torch.rand(3, 8, 1, 8, 8).expand(3, 8, 1, 8, 8), torch.arange(8) % 10
+        build_method(method, 3).train_step(net, x_seq, y, lambda: None)
+        return [p.grad.clone() for p in net.parameters()]
+
+    fast = grads()
+    monkeypatch.setattr(spiking, "record_multistep",
+                        lambda x, lif: lif_multistep_record(x, lif.neuron, lif.surrogate))
+    monkeypatch.setattr(spiking, "FastSpikePass", ReferenceStepper)
+    for a, b in zip(fast, grads()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+class ReferenceStepper:
+    """The pure-function step and recorder behind FastSpikePass's interface."""
+
+    def __init__(self, p, surrogate):
+        self.p, self.v, self.rec = p, 0.0, RateRecorder(p, surrogate)
+
+    def step(self, x):
+        s, self.v, u = lif_step(self.v, x, self.p)
+        self.rec.update(u, s)
+        return s
+
+    def result(self):
+        return self.rec.result()
