@@ -35,13 +35,13 @@ def eval_command(
         files = write_report(result, report_dir) if report_dir is not None else ()
     side = f"ONNX ({', '.join(result.providers)})" if onnx is not None else "PyTorch"
     console.print(f"{result.dataset} test accuracy, {side}: {result.accuracy:.2%}  (checkpoint {result.checkpoint})",
-                  markup=False, highlight=False)
+                  markup=False, highlight=False, soft_wrap=True)
     if result.parity is not None:
         console.print(parity_table(result.parity))
     console.print(efficiency_table(result.report))
     for line in energy_lines(result.report):
-        console.print(line, markup=False, highlight=False)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     for f in files:
-        console.print(f"wrote {f}", markup=False, highlight=False)
+        console.print(f"wrote {f}", markup=False, highlight=False, soft_wrap=True)
     if result.parity is not None and not result.parity.passed:
         raise typer.Exit(1)

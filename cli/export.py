@@ -21,4 +21,4 @@ def export(
     with user_errors():
         r = export_checkpoint(run, output, opset)
     console.print(f"wrote {r.path}: {r.size_bytes / 1024:.1f} KiB, {r.nodes} nodes, T = {r.T}, "
-                  f"L = {r.layers} spiking layers, opset {r.opset}", markup=False, highlight=False)
+                  f"L = {r.layers} spiking layers, opset {r.opset}", markup=False, highlight=False, soft_wrap=True)
