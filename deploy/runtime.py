@@ -40,12 +40,13 @@ class OnnxModel:
         return logits, counts
 
 
-def load_onnx(path: str | Path, providers: Optional[list[str]] = None) -> OnnxModel:
+def load_onnx(path: str | Path, providers: Optional[list[str]] = None,
+              options: Optional[ort.SessionOptions] = None) -> OnnxModel:
     path = Path(path)
     if not path.is_file():
         raise SnnkitError(f"no ONNX file at {path}; export one with `snnkit export`")
     try:
-        session = ort.InferenceSession(str(path), providers=providers or default_providers())
+        session = ort.InferenceSession(str(path), options, providers=providers or default_providers())
     except Exception as e:  # truncated, corrupt or not ONNX at all
         raise SnnkitError(f"{path} is not a readable ONNX model ({type(e).__name__}); "
                           "re-export it with `snnkit export`") from None
