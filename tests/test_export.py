@@ -156,3 +156,18 @@ def test_synaptic_operations_agree_with_spikingjelly_op_counter():
     assert ours["6"] == theirs["6"] > 0
     for name in convs:
         assert theirs[name] <= ours[name] <= theirs[name] * 9 / 4, name
+
+
+def test_event_data_goes_in_time_major_with_a_dynamic_batch(tmp_path):
+    net, ckpt = model_and_checkpoint("digits_convnet")
+    ckpt["data"]["kind"] = "event"
+    atomic_save(ckpt, tmp_path / "checkpoint.pt")
+    model = load_onnx(export_checkpoint(tmp_path).path)
+    assert model.meta["input_layout"] == "[T, B, C, H, W]"
+    for batch in (1, 5):
+        x_seq = torch.stack([exact_input(batch, (1, 8, 8)) for _ in range(T)])  # a different frame per step
+        logits, counts = model.run(x_seq.numpy())
+        with torch.no_grad():
+            ref = net(x_seq)
+        np.testing.assert_array_equal(counts, ref.spike_counts.numpy())
+        assert np.abs(logits - ref.logits.numpy()).max() <= 1e-5
