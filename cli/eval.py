@@ -11,7 +11,7 @@ from .common import console, user_errors
 
 def eval_command(
     run: Annotated[Optional[str], typer.Argument(
-        help="A run directory or checkpoint file (default: runs/latest).")] = None,
+        metavar="RUN_OR_CHECKPOINT", help="A run directory or checkpoint file (default: runs/latest).")] = None,
     onnx: Annotated[Optional[Path], typer.Option(
         help="Evaluate this ONNX graph in onnxruntime and check its parity with the checkpoint.")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(

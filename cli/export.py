@@ -6,14 +6,17 @@ from typing import Annotated, Optional
 
 import typer
 
+from snnkit.deploy import OPSET, OPSETS
+
 from .common import console, user_errors
 
 
 def export(
-    run: Annotated[str, typer.Argument(help="A run directory or checkpoint file.")] = "runs/latest",
+    run: Annotated[str, typer.Argument(metavar="RUN_OR_CHECKPOINT",
+                                       help="A run directory or checkpoint file.")] = "runs/latest",
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Where to write the graph (default: model.onnx beside the checkpoint).")] = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset, 17..20.")] = 18,
+    opset: Annotated[int, typer.Option(help=f"ONNX opset, {OPSETS.start}..{OPSETS.stop - 1}.")] = OPSET,
 ) -> None:
     """Export a trained model to a time-unrolled ONNX graph with per-layer spike counts."""
     from snnkit.deploy.export import export_checkpoint

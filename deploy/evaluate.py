@@ -115,6 +115,9 @@ def checkpoint_for(model: OnnxModel, checkpoint: Optional[str | Path]) -> str | 
     if model.meta is None:
         raise SnnkitError(f"{model.path} has no snnkit metadata; pass --checkpoint with the checkpoint "
                           "it was exported from to evaluate it")
+    if not Path(model.meta["checkpoint"]).is_file():
+        raise SnnkitError(f"{model.path} was exported from {model.meta['checkpoint']}, which is gone; "
+                          "pass --checkpoint with that checkpoint's new location")
     return model.meta["checkpoint"]
 
 

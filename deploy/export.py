@@ -24,6 +24,7 @@ from snnkit import __version__
 from snnkit.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
 from snnkit.errors import SnnkitError
 
+from . import OPSET, OPSETS
 from .costs import topology
 from .files import atomic_write
 from .graph import deployable
@@ -31,8 +32,6 @@ from .runtime import load_onnx
 
 log = logging.getLogger("snnkit.deploy")
 
-OPSET = 18
-OPSETS = range(17, 21)  # onnxruntime 1.31 loads ≤ 26; these are the tested, widely supported ones
 EXPORTER = "torch.onnx.export(dynamo=False), TorchScript"
 LEGACY_NOTICES = (r"You are using the legacy TorchScript-based ONNX export",
                   r"The feature will be removed\. Please remove usage of this function")
