@@ -171,3 +171,22 @@ def test_event_data_goes_in_time_major_with_a_dynamic_batch(tmp_path):
             ref = net(x_seq)
         np.testing.assert_array_equal(counts, ref.spike_counts.numpy())
         assert np.abs(logits - ref.logits.numpy()).max() <= 1e-5
+
+
+def test_efficiency_report_by_hand():
+    """Input -> conv (1000 MACs) -> LIF a (10 neurons) -> 2×2 pool -> linear (50 MACs) -> LIF b (5)
+    -> linear (20 MACs), T = 2, with two samples of known spike counts."""
+    from snnkit.deploy.costs import Synapses, Topology
+
+    topo = Topology(["a", "b"], [10, 5], [Synapses("conv", None, 1000), Synapses("fc1", 0, 50),
+                                          Synapses("fc2", 1, 20)])
+    assert topo.fan_out() == [5.0, 4.0]
+    report = efficiency_report(topo, np.array([[4, 2], [8, 4]]), T=2, kind="static")
+    assert [r["firing_rate"] for r in report["spiking_layers"]] == [6 / 20, 3 / 10]
+    assert [(r["op"], r["ops_per_sample"]) for r in report["synaptic_layers"]] == [
+        ("MAC", 1000), ("AC", 6 * 5.0), ("AC", 3 * 4.0)]
+    assert report["ann_macs_per_sample"] == 1070 and report["sops_per_sample"] == 42
+    assert report["energy"]["fp32"]["snn_pj"] == pytest.approx(0.9 * 42 + 4.6 * 1000)
+    assert report["energy"]["int8"]["ann_pj"] == pytest.approx(0.23 * 1070)
+    event = efficiency_report(topo, np.array([[4, 2], [8, 4]]), T=2, kind="event")
+    assert event["analog_macs_per_sample"] == 2000  # a new frame each step: the first layer runs T times
