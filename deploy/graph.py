@@ -16,10 +16,11 @@ from snnkit.neuron import lif_step
 from snnkit.spiking import LIF, Mode, SpikingNet, neuron_mode, spike_counts
 
 FOLDABLE = (nn.Conv2d, nn.Linear)
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 @torch.no_grad()
-def folded_layer(layer: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
+def folded_layer(layer: nn.Module, bn: nn.Module) -> nn.Module:
     """``layer`` followed by eval-mode ``bn`` as one layer: W' = W·γ/√(σ²+ε), b' = (b − μ)·γ/√(σ²+ε) + β.
 
     Computed in float64 and rounded once to the layer's dtype."""
@@ -39,13 +40,10 @@ def fold_batchnorm(body: nn.Module) -> nn.Module:
     merged into it (and replaced by Identity). Raises if any BatchNorm is left over."""
     body = copy.deepcopy(body).eval()
     for seq in [m for m in body.modules() if isinstance(m, nn.Sequential)]:
-        names = list(seq._modules)
-        for prev, name in zip(names, names[1:]):
-            layer, bn = seq._modules[prev], seq._modules[name]
-            if isinstance(bn, nn.modules.batchnorm._BatchNorm) and isinstance(layer, FOLDABLE):
-                seq._modules[prev] = folded_layer(layer, bn)
-                seq._modules[name] = nn.Identity()
-    left = [n for n, m in body.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for i in range(1, len(seq)):
+            if isinstance(seq[i], BATCHNORMS) and isinstance(seq[i - 1], FOLDABLE):
+                seq[i - 1], seq[i] = folded_layer(seq[i - 1], seq[i]), nn.Identity()
+    left = [n for n, m in body.named_modules() if isinstance(m, BATCHNORMS)]
     if left:
         raise ValueError(f"BatchNorm layers {left} do not follow a conv/linear in a Sequential; "
                          "they cannot be folded")
