@@ -7,12 +7,14 @@ import typer
 
 from snnkit import __version__
 
-from . import train as train_cmd
+from . import eval as eval_cmd, export as export_cmd, train as train_cmd
 from .common import setup_logging
 
 app = typer.Typer(name="snnkit", no_args_is_help=True, add_completion=False,
                   help="Train spiking neural networks with rate-based backpropagation and deploy them.")
 app.command()(train_cmd.train)
+app.command()(export_cmd.export)
+app.command(name="eval")(eval_cmd.eval_command)
 
 
 def _version(value: bool) -> None:

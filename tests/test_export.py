@@ -1,0 +1,192 @@
+"""Export: every registered model becomes a checked, time-unrolled ONNX graph that agrees with
+PyTorch spike for spike; BN folding; metadata; synaptic-operation counts; import hygiene."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from deploy_helpers import DEFAULT_SHAPE, SHAPES, T, exact_input, model_and_checkpoint
+from snnkit.checkpoint import atomic_save
+from snnkit.deploy.costs import topology
+from snnkit.deploy.efficiency import efficiency_report
+from snnkit.deploy.export import export_checkpoint
+from snnkit.deploy.graph import deployable, fold_batchnorm
+from snnkit.deploy.runtime import load_onnx
+from snnkit.errors import SnnkitError
+from snnkit.models import MODELS
+from snnkit.spiking import spiking_layers
+
+
+@pytest.fixture
+def exported(tmp_path, request):
+    """(net, checkpoint, ExportResult) for the model named by the test's parameter."""
+    net, ckpt = model_and_checkpoint(request.param)
+    atomic_save(ckpt, tmp_path / "checkpoint.pt")
+    return net, ckpt, export_checkpoint(tmp_path / "checkpoint.pt", tmp_path / "m.onnx")
+
+
+def hooked_counts(net, x_seq: torch.Tensor) -> torch.Tensor:
+    """[B, L] spikes per sample per LIF layer, summed from the layers' outputs by forward hooks
+    (independent of the modes' own counting)."""
+    T, B = x_seq.shape[:2]
+    counts = []
+    hooks = [lif.register_forward_hook(lambda m, i, out: counts.append(out.unflatten(0, (T, B)).flatten(2).sum((0, 2))))
+             for lif in spiking_layers(net.body)]
+    with torch.no_grad():
+        net(x_seq)
+    for h in hooks:
+        h.remove()
+    return torch.stack(counts, 1)
+
+
+@pytest.mark.parametrize("exported", MODELS.names(), indirect=True)
+@pytest.mark.parametrize("batch", [1, 7])
+def test_every_model_exports_and_matches_pytorch_spike_for_spike(exported, batch):
+    net, ckpt, result = exported
+    model = onnx.load(result.path)
+    onnx.checker.check_model(model, full_check=True)
+    ops = {n.op_type for n in model.graph.node}
+    assert "GreaterOrEqual" in ops and "BatchNormalization" not in ops
+    assert {n.domain for n in model.graph.node} <= {""}  # standard ops only, no custom domain
+    x = exact_input(batch, tuple(ckpt["data"]["input_shape"]))
+    logits, counts = load_onnx(result.path).run(x.numpy())
+    x_seq = x.unsqueeze(0).repeat(T, 1, 1, 1, 1)
+    with torch.no_grad():
+        ref = net(x_seq)
+    assert logits.shape == (batch, 10) and counts.shape == (batch, len(net.layer_names()))
+    assert counts.dtype == np.int64
+    np.testing.assert_array_equal(counts, ref.spike_counts.numpy())
+    np.testing.assert_array_equal(counts, hooked_counts(net, x_seq).numpy())
+    assert np.abs(logits - ref.logits.numpy()).max() <= 1e-5
+    assert (counts.sum(0) > 0).all(), "every layer should fire in this test, or the check is empty"
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_folding_batchnorm_leaves_eval_outputs_unchanged(name):
+    net, _ = model_and_checkpoint(name)
+    folded = fold_batchnorm(net.body)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    x = exact_input(3, SHAPES.get(name, DEFAULT_SHAPE))
+    with torch.no_grad():
+        ref = net(x.unsqueeze(0).repeat(T, 1, 1, 1, 1))
+        logits, counts = deployable(net, T, "static")(x)
+    torch.testing.assert_close(counts, ref.spike_counts.long(), rtol=0, atol=0)
+    torch.testing.assert_close(logits, ref.logits, rtol=0, atol=0)
+
+
+def test_folded_conv_equals_conv_then_batchnorm_for_real_valued_statistics():
+    conv, bn = nn.Conv2d(3, 5, 3, padding=1, bias=True), nn.BatchNorm2d(5)
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.1, 3.0)
+        bn.weight.normal_()
+        bn.bias.normal_()
+    seq = nn.Sequential(conv, bn).eval()
+    x = torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(fold_batchnorm(seq)(x), seq(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("exported", ["digits_convnet"], indirect=True)
+def test_metadata_describes_the_model(exported):
+    net, ckpt, result = exported
+    meta = load_onnx(result.path).meta
+    assert meta["T"] == T and meta["opset"] == 18 and meta["input_kind"] == "static"
+    assert meta["layer_names"] == net.layer_names() == ["0.2", "1.2", "3.2"]
+    assert meta["input_shape"] == [1, 8, 8] and meta["class_names"] == ckpt["data"]["class_names"]
+    assert meta["neuron"] == ckpt["model"]["neuron"] and meta["dataset"] == "digits"
+    assert len(meta["config_hash"]) == 16 and meta["snnkit_version"]
+    # digits_convnet at width 0.125: 4, 8, 16 channels; fan-out per spike = MACs fed / neurons
+    assert meta["fan_out"] == [8 * 9, 16 * 9 / 4, 10 / 4]
+    assert (result.T, result.layers, result.opset) == (T, 3, 18)
+
+
+def test_export_emits_no_warnings_and_rejects_unsafe_opsets(tmp_path):
+    _, ckpt = model_and_checkpoint("digits_convnet")
+    atomic_save(ckpt, tmp_path / "checkpoint.pt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export_checkpoint(tmp_path, tmp_path / "m.onnx", opset=17)
+    assert [str(w.message) for w in caught] == []
+    with pytest.raises(SnnkitError, match=r"--opset 21 is not supported; choose one of 17\.\.20"):
+        export_checkpoint(tmp_path, tmp_path / "m.onnx", opset=21)
+
+
+def test_deploy_never_imports_training_code(tmp_path):
+    _, ckpt = model_and_checkpoint("digits_convnet")
+    atomic_save(ckpt, tmp_path / "checkpoint.pt")
+    code = (
+        "import sys, json\n"
+        "import snnkit.deploy.export, snnkit.deploy.evaluate, snnkit.deploy.report, snnkit.cli.export, snnkit.cli.eval\n"
+        f"snnkit.deploy.export.export_checkpoint({str(tmp_path)!r})\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith("
+        "('snnkit.methods', 'snnkit.training', 'snnkit.config')))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_synaptic_operations_agree_with_spikingjelly_op_counter():
+    """SpikingJelly's SynOpCounter counts accumulates of spike-fed matmuls and convs exactly.
+    A linear layer has the same fan-out for every neuron: the counts must be equal. A padded conv
+    gives border neurons fewer synapses; our fan-out is the nominal one (as FLOP counts have it),
+    so there ours is an upper bound, within the 9/4 a corner neuron can lose."""
+    from spikingjelly.activation_based.op_counter import DispatchCounterMode, SynOpCounter
+
+    net, ckpt = model_and_checkpoint("resnet19")
+    x = exact_input(3, DEFAULT_SHAPE)
+    counter = SynOpCounter()
+    with torch.no_grad(), DispatchCounterMode([counter]):
+        out = net(x.unsqueeze(0).repeat(T, 1, 1, 1, 1))
+    theirs = {scope.removeprefix("SpikingNet.body."): sum(ops.values()) for scope, ops in counter.get_counts().items()}
+    report = efficiency_report(topology(net, DEFAULT_SHAPE), out.spike_counts.numpy(), T, "static")
+    ours = {r["name"]: r["ops_per_sample"] * 3 for r in report["synaptic_layers"] if r["op"] == "AC"}
+    fed_by_spikes = [name for name in ours if theirs.get(name, 0) > 0]
+    linear = [n for n in fed_by_spikes if isinstance(net.body.get_submodule(n), nn.Linear)]
+    convs = [n for n in fed_by_spikes if isinstance(net.body.get_submodule(n), nn.Conv2d)
+             and net.body.get_submodule(n).stride == (1, 1)]
+    assert linear == ["6"] and len(convs) >= 10
+    assert ours["6"] == theirs["6"] > 0
+    for name in convs:
+        assert theirs[name] <= ours[name] <= theirs[name] * 9 / 4, name
+
+
+def test_event_data_goes_in_time_major_with_a_dynamic_batch(tmp_path):
+    net, ckpt = model_and_checkpoint("digits_convnet")
+    ckpt["data"]["kind"] = "event"
+    atomic_save(ckpt, tmp_path / "checkpoint.pt")
+    model = load_onnx(export_checkpoint(tmp_path).path)
+    assert model.meta["input_layout"] == "[T, B, C, H, W]"
+    for batch in (1, 5):
+        x_seq = torch.stack([exact_input(batch, (1, 8, 8)) for _ in range(T)])  # a different frame per step
+        logits, counts = model.run(x_seq.numpy())
+        with torch.no_grad():
+            ref = net(x_seq)
+        np.testing.assert_array_equal(counts, ref.spike_counts.numpy())
+        assert np.abs(logits - ref.logits.numpy()).max() <= 1e-5
+
+
+def test_efficiency_report_by_hand():
+    """Input -> conv (1000 MACs) -> LIF a (10 neurons) -> 2×2 pool -> linear (50 MACs) -> LIF b (5)
+    -> linear (20 MACs), T = 2, with two samples of known spike counts."""
+    from snnkit.deploy.costs import Synapses, Topology
+
+    topo = Topology(["a", "b"], [10, 5], [Synapses("conv", None, 1000), Synapses("fc1", 0, 50),
+                                          Synapses("fc2", 1, 20)])
+    assert topo.fan_out() == [5.0, 4.0]
+    report = efficiency_report(topo, np.array([[4, 2], [8, 4]]), T=2, kind="static")
+    assert [r["firing_rate"] for r in report["spiking_layers"]] == [6 / 20, 3 / 10]
+    assert [(r["op"], r["ops_per_sample"]) for r in report["synaptic_layers"]] == [
+        ("MAC", 1000), ("AC", 6 * 5.0), ("AC", 3 * 4.0)]
+    assert report["ann_macs_per_sample"] == 1070 and report["sops_per_sample"] == 42
+    assert report["energy"]["fp32"]["snn_pj"] == pytest.approx(0.9 * 42 + 4.6 * 1000)
+    assert report["energy"]["int8"]["ann_pj"] == pytest.approx(0.23 * 1070)
+    event = efficiency_report(topo, np.array([[4, 2], [8, 4]]), T=2, kind="event")
+    assert event["analog_macs_per_sample"] == 2000  # a new frame each step: the first layer runs T times
