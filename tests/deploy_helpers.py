@@ -19,7 +19,7 @@ from snnkit.models import ModelSpec, build_model
 from snnkit.spiking import SpikingNet
 
 T = 4
-SHAPES = {"digits_convnet": (1, 8, 8)}  # others are CIFAR-shaped, at 16×16 to stay fast
+SHAPES = {"digits_convnet": (1, 8, 8), "vggsnn": (2, 48, 48)}  # others CIFAR-shaped, 16×16 to stay fast
 DEFAULT_SHAPE = (3, 16, 16)
 
 

@@ -80,3 +80,10 @@ def test_default_train_reaches_93_percent(tmp_path):
     assert proc.returncode == 0, proc.stderr
     metrics = [json.loads(line) for line in (tmp_path / "runs/latest/metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 30 and metrics[-1]["test_acc"] >= 0.93
+
+
+def test_missing_dataset_writes_no_run_directory(tmp_path):
+    result = runner.invoke(app, ["train", "--set", "data.name=cifar10", "--set", f"data.root={tmp_path / 'none'}",
+                                 "--set", "model.name=resnet18", "--set", f"run.out_dir={tmp_path / 'runs'}"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()

@@ -79,7 +79,10 @@ def test_folding_batchnorm_leaves_eval_outputs_unchanged(name):
         ref = net(x.unsqueeze(0).repeat(T, 1, 1, 1, 1))
         logits, counts = deployable(net, T, "static")(x)
     torch.testing.assert_close(counts, ref.spike_counts.long(), rtol=0, atol=0)
-    torch.testing.assert_close(logits, ref.logits, rtol=0, atol=0)
+    # spikes carry dyadic values exactly; preact_resnet34's analog residual stream accumulates
+    # real values, where folding rounds differently (|Δ| ~ 1e-6)
+    atol = 1e-5 if name == "preact_resnet34" else 0.0
+    torch.testing.assert_close(logits, ref.logits, rtol=0, atol=atol)
 
 
 def test_folded_conv_equals_conv_then_batchnorm_for_real_valued_statistics():

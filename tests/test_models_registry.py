@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from snnkit.errors import ConfigError
 from snnkit.methods import METHODS, build_method
 from snnkit.models import MODELS, ModelSpec, build_model
 from snnkit.spiking import spiking_layers
@@ -48,10 +49,16 @@ def test_every_registered_model_has_test_inputs():
 @pytest.mark.parametrize("name", MODELS.names())
 def test_train_step_gives_a_finite_loss_and_gradients_down_to_the_first_layer(name, method):
     net = tiny(name).train()
+    trainer_method = build_method(method, T)
+    try:
+        trainer_method.check(net)
+    except ConfigError as e:  # a method that cannot train a layer says so at start-up, naming it
+        assert "cannot train layer" in str(e) and "MaxPool2d" in str(e)
+        return
     y = torch.arange(B) % INPUTS[name][2]
     steps = []
-    out = build_method(method, T).train_step(net, inputs(name), y, lambda: steps.append(1))
-    assert steps == [1] and math.isfinite(out.loss) and out.logits.shape == (B, INPUTS[name][2])
+    out = trainer_method.train_step(net, inputs(name), y, lambda: steps.append(1))
+    assert len(steps) in (1, T) and math.isfinite(out.loss) and out.logits.shape == (B, INPUTS[name][2])
     for pname, p in net.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), pname
     first = next(m for m in net.body.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))

@@ -26,6 +26,7 @@ def batch(T, B=16, dtype=torch.float32, static=True):
 
 def grads(net, method, x_seq, y):
     net.zero_grad(set_to_none=True)
+    torch.manual_seed(1)  # methods that draw random steps (sltt_k) draw the same ones
     build_method(method, x_seq.shape[0]).train_step(net, x_seq, y, step=lambda: None)
     return {n: p.grad.clone() for n, p in net.named_parameters()}
 

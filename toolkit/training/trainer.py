@@ -213,6 +213,7 @@ def train(cfg: Config, progress: Optional[EpochProgress] = None,
     """Train ``cfg`` in a new run directory (``<out_dir>/<name>``, ``<out_dir>/latest`` -> it), on
     ``data`` if given, else on the dataset ``cfg.data`` names. Under torchrun, every process calls this."""
     with process_group(cfg.run.device) as world:
+        data = data if data is not None else load_dataset(cfg.data.name, cfg.data.root)  # fail before any file is written
         run_dir = world.on_main(lambda: new_run_dir(cfg))
         if world.is_main:
             atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
