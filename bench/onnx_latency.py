@@ -25,7 +25,7 @@ from rich.table import Table
 from snnkit.checkpoint import atomic_save, make_checkpoint
 from snnkit.data import encode
 from snnkit.deploy.export import export_checkpoint
-from snnkit.deploy.files import atomic_write
+from snnkit.files import atomic_write
 from snnkit.deploy.runtime import load_onnx
 from snnkit.models import ModelSpec, build_model
 

@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from snnkit.spiking import LIF, SpikingNet, spiking_layers
+from snnkit.spiking import SpikingNet, spiking_layers
 
 TRANSPARENT = (nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Flatten, nn.Identity, nn.Dropout)
 

@@ -52,7 +52,6 @@ def efficiency_report(topo: Topology, spike_counts: np.ndarray, T: int, kind: st
     spikes = np.asarray(spike_counts, dtype=np.float64).mean(axis=0)
     spiking = [SpikingRow(n, k, float(s), float(s) / (k * T))
                for n, k, s in zip(topo.layer_names, topo.neurons, spikes)]
-    fan = topo.fan_out()
     analog_steps = 1 if kind == "static" else T
     synapses = []
     for s in topo.synapses:

@@ -26,7 +26,7 @@ from snnkit.errors import SnnkitError
 
 from . import OPSET, OPSETS
 from .costs import topology
-from .files import atomic_write
+from snnkit.files import atomic_write
 from .graph import deployable
 from .runtime import load_onnx
 

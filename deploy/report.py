@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from rich.table import Table
 
 from .evaluate import EvalResult, Parity
-from .files import atomic_write
+from snnkit.files import atomic_write
 
 
 def parity_table(p: Parity) -> Table:

@@ -9,7 +9,7 @@ from snnkit.config import resolve_config
 from snnkit.data import encode, load_dataset
 from snnkit.errors import ConfigError
 from snnkit.methods import METHODS, build_method
-from snnkit.models import MODELS, ModelSpec, build_model
+from snnkit.models import ModelSpec, build_model
 from snnkit.neuron import NeuronParams
 from snnkit.spiking import LIF, SpikingNet
 from snnkit.training import Trainer

@@ -6,8 +6,6 @@ atomic: a temporary file in the same folder, then a rename.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +13,7 @@ import torch
 
 from . import __version__
 from .errors import CheckpointError
+from .files import atomic_write_with
 from .models import ModelSpec, build_model
 from .spiking import SpikingNet
 
@@ -35,18 +34,7 @@ def make_checkpoint(net: SpikingNet, spec: ModelSpec, T: int, data: dict, config
 
 def atomic_save(obj: Any, path: Path) -> None:
     """Write ``obj`` with ``torch.save`` so that ``path`` is either the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_with(path, lambda f: torch.save(obj, f))
 
 
 def resolve_checkpoint_path(path: str | Path) -> Path:

@@ -17,6 +17,7 @@ from ..checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint, make_che
 from ..config import Config, config_from_dict, dump_yaml
 from ..data import DataBundle, encode, load_dataset
 from ..errors import SnnkitError
+from ..files import atomic_write_text
 from ..methods import Method, build_method
 from ..methods.batchnorm import convert_sync_batchnorm
 from ..models import ModelSpec, build_model
@@ -184,12 +185,6 @@ class Trainer:
             kept = [line for line in metrics.read_text().splitlines()
                     if json.loads(line)["epoch"] <= self.epoch]
             atomic_write_text(metrics, "".join(f"{line}\n" for line in kept))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def new_run_dir(cfg: Config) -> Path:
