@@ -38,6 +38,11 @@ def eval_command(
                   markup=False, highlight=False, soft_wrap=True)
     if result.parity is not None:
         console.print(parity_table(result.parity))
+        f = result.folding
+        console.print(f"BN folding alone (checkpoint model vs the folded PyTorch twin, float32): "
+                      f"{f.spike_count_identity:.2%} identical spike counts, max |Δlogits| "
+                      f"{f.logits_max_abs_diff:.3g}, accuracy {f.torch_accuracy:.2%} / {f.onnx_accuracy:.2%}",
+                      markup=False, highlight=False, soft_wrap=True)
     console.print(efficiency_table(result.report))
     for line in energy_lines(result.report):
         console.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from snnkit.errors import DataError, SnnkitError
 from snnkit.spiking import SpikingNet
 
 from .costs import Topology, topology
+from .graph import deployable
 from .efficiency import efficiency_report
 from .runtime import OnnxModel, load_onnx
 
@@ -67,7 +68,8 @@ class EvalResult:
     dataset: str
     accuracy: float  # of the evaluated model (the ONNX graph when one is given)
     report: dict  # efficiency_report(...)
-    parity: Optional[Parity] = None
+    parity: Optional[Parity] = None  # the ONNX graph against its PyTorch twin (same folded weights)
+    folding: Optional[Parity] = None  # BN folding alone: the checkpoint's model against that twin
     providers: list[str] = field(default_factory=list)
 
 
@@ -79,9 +81,10 @@ def predict_torch(net: SpikingNet, batches: Batches, T: int, kind: str) -> Predi
                        torch.cat([y for _, y in outs]).numpy())
 
 
-def predict_onnx(model: OnnxModel, batches: Batches, T: int, kind: str) -> Predictions:
-    """Static batches go in as ``[B, C, H, W]``, event batches as ``[T, B, C, H, W]``."""
-    outs = [(model.run((x if kind == "static" else encode(x, T, kind)).numpy()), y) for x, y in batches]
+def predict_graph(run: Callable[[torch.Tensor], tuple], batches: Batches, T: int, kind: str) -> Predictions:
+    """Run a deployed graph (onnxruntime, or its PyTorch twin): static batches go in as
+    ``[B, C, H, W]``, event batches as ``[T, B, C, H, W]``; ``run`` returns (logits, spike counts)."""
+    outs = [(run(x if kind == "static" else encode(x, T, kind)), y) for x, y in batches]
     return Predictions(np.concatenate([o[0] for o, _ in outs]), np.concatenate([o[1] for o, _ in outs]),
                        torch.cat([y for _, y in outs]).numpy())
 
@@ -143,7 +146,14 @@ def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path]
         return EvalResult(Path(ckpt_path), ckpt["data"]["name"], ref.accuracy,
                           efficiency_report(topo, ref.spike_counts, T, kind))
     check_match(model, topo, T)
-    got = predict_onnx(model, batches, T, kind)
+    got = predict_graph(lambda x: model.run(x.numpy()), batches, T, kind)
+    # Folding BN rounds differently from conv-then-BN in float32, so a neuron within an ulp of its
+    # threshold may flip: parity gates on the exported arithmetic (the graph against its PyTorch
+    # twin); what folding alone changes is measured against the checkpoint's model and reported.
+    twin = deployable(net, T, kind).eval()
+    with torch.no_grad():
+        folded = predict_graph(lambda x: tuple(t.numpy() for t in twin(x)), batches, T, kind)
     return EvalResult(Path(ckpt_path), ckpt["data"]["name"], got.accuracy,
                       efficiency_report(topo, got.spike_counts, T, kind),
-                      parity(ref, got, topo.layer_names, thresholds), model.providers)
+                      parity(folded, got, topo.layer_names, thresholds),
+                      parity(ref, folded, topo.layer_names, thresholds), model.providers)

@@ -23,7 +23,7 @@ def parity_table(p: Parity) -> Table:
     table.add_row("prediction agreement", f"{p.prediction_agreement:.2%}", f"≥ {t.min_agreement:.1%}")
     table.add_row("identical spike counts", f"{p.spike_count_identity:.2%}", f"≥ {t.min_spike_identity:.1%}")
     table.add_row("first layer whose counts differ", p.first_differing_layer or "none", "")
-    table.add_row("accuracy PyTorch / ONNX", f"{p.torch_accuracy:.2%} / {p.onnx_accuracy:.2%}", "")
+    table.add_row("accuracy PyTorch (folded twin) / ONNX", f"{p.torch_accuracy:.2%} / {p.onnx_accuracy:.2%}", "")
     return table
 
 
@@ -54,6 +54,7 @@ def result_dict(result: EvalResult) -> dict:
     return {"checkpoint": str(result.checkpoint), "dataset": result.dataset, "accuracy": result.accuracy,
             "providers": result.providers,
             "parity": None if result.parity is None else {**asdict(result.parity), "passed": result.parity.passed},
+            "bn_folding": None if result.folding is None else asdict(result.folding),
             "efficiency": result.report}
 
 

@@ -144,3 +144,6 @@ def test_quickstart_chain_train_export_eval(tmp_path, monkeypatch):
     parity = json.loads(Path("report/efficiency.json").read_text())["parity"]
     assert parity["spike_count_identity"] == 1.0 and parity["logits_max_abs_diff"] <= 1e-5
     assert parity["onnx_accuracy"] > 0.5 and np.isclose(parity["onnx_accuracy"], parity["torch_accuracy"])
+    folding = json.loads(Path("report/efficiency.json").read_text())["bn_folding"]
+    assert folding["spike_count_identity"] >= 0.99  # BN folding's own float32 effect, measured
+    assert "BN folding alone" in result.output
