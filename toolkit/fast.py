@@ -14,17 +14,13 @@ from typing import Optional
 
 import torch
 
-from .neuron import NeuronParams
+from .neuron import NeuronParams, RateSums
 from .surrogate import Sigmoid, Surrogate
 
 
-class FastSpikePass:
-    """One LIF layer's spike pass, one step per :meth:`step` call, state starting at v = 0."""
-
-    def __init__(self, p: NeuronParams, surrogate: Surrogate):
-        self.p, self.surrogate = p, surrogate
-        self.steps = 0
-        self.rho: torch.Tensor | float = 1.0  # a float while it is the same for every neuron
+class FastSpikePass(RateSums):
+    """One LIF layer's spike pass, one step per :meth:`step` call, state starting at v = 0;
+    ``rho`` stays a float while it is the same for every neuron."""
 
     def _start(self, x: torch.Tensor) -> None:
         self.v = torch.zeros_like(x)
@@ -84,12 +80,6 @@ class FastSpikePass:
             self.rho = kappa.mul(self.rho).add_(1.0)
         else:
             self.rho.mul_(kappa).add_(1.0)
-
-    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(r, g), each shaped like one step's activation."""
-        if self.steps == 0:
-            raise RuntimeError("the spike pass recorded no steps")
-        return self.spike_sum / self.steps, self.elig_sum / self.steps
 
 
 @torch.no_grad()

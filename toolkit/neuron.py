@@ -107,9 +107,9 @@ def _kappa_hard(u, s, sg, p):
 KAPPAS = {"soft": _kappa_soft, "hard": _kappa_hard}
 
 
-class RateRecorder:
-    """Accumulates, step by step and without autograd, the mean rate r and the eligibility
-    g = (1/T) Σ_t σ'(u_t − V_th)·ρ_t with ρ_1 = 1, ρ_{t+1} = 1 + κ_t·ρ_t."""
+class RateSums:
+    """A layer's spike pass: running sums of s_t and σ'(u_t − V_th)·ρ_t over the steps taken, with
+    ρ_1 = 1, ρ_{t+1} = 1 + κ_t·ρ_t; the rate r and eligibility g are their means."""
 
     def __init__(self, p: NeuronParams, surrogate: Surrogate):
         self.p, self.surrogate = p, surrogate
@@ -117,6 +117,16 @@ class RateRecorder:
         self.spike_sum: Optional[torch.Tensor] = None
         self.elig_sum: Optional[torch.Tensor] = None
         self.rho: torch.Tensor | float = 1.0
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(r, g), each shaped like one step's activation."""
+        if self.steps == 0:
+            raise RuntimeError("the spike pass recorded no steps")
+        return self.spike_sum / self.steps, self.elig_sum / self.steps
+
+
+class RateRecorder(RateSums):
+    """The reference: accumulates r and g from each step's (u_t, s_t) with the pure functions."""
 
     def update(self, u: torch.Tensor, s: torch.Tensor) -> None:
         sg = self.surrogate.grad(u - self.p.v_threshold)
@@ -128,12 +138,6 @@ class RateRecorder:
             self.elig_sum += contrib
         self.rho = 1.0 + KAPPAS[self.p.reset](u, s, sg, self.p) * self.rho
         self.steps += 1
-
-    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(r, g), each shaped like one step's activation."""
-        if self.steps == 0:
-            raise RuntimeError("the spike pass recorded no steps")
-        return self.spike_sum / self.steps, self.elig_sum / self.steps
 
 
 @torch.no_grad()
