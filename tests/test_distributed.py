@@ -20,6 +20,7 @@ from snnkit.errors import ConfigError
 from snnkit.training import Trainer, resume, train
 from snnkit.training.distributed import World, buckets, resolve_device
 from snnkit.training.progress import EpochProgress
+from training_helpers import raise_on_call
 
 QUIET = EpochProgress(enabled=False)
 
@@ -40,20 +41,6 @@ def config(out_dir, method, name):
                                  f"run.out_dir={out_dir}", f"run.name={name}"])
 
 
-def interrupt_at(monkeypatch_target, calls: int):
-    """Make ``Trainer.step`` raise on its ``calls``-th call, as a kill mid-epoch would."""
-    step, count = monkeypatch_target.step, [0]
-
-    def failing(self):
-        count[0] += 1
-        if count[0] == calls:
-            raise Interrupted
-        step(self)
-
-    monkeypatch_target.step = failing
-    return step
-
-
 def worker(rank, out_dir, method, ports, with_resume):
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
                       OMP_NUM_THREADS="1")
@@ -63,7 +50,8 @@ def worker(rank, out_dir, method, ports, with_resume):
     if not with_resume:
         return
     os.environ["MASTER_PORT"] = str(ports[1])
-    step = interrupt_at(Trainer, calls=6)  # the second step of epoch 2
+    step = Trainer.step
+    Trainer.step = raise_on_call(step, 6, Interrupted)  # the second step of epoch 2
     try:
         train(config(out_dir, method, "stopped"), QUIET, small_digits())
     except Interrupted:

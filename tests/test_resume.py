@@ -13,6 +13,7 @@ from snnkit.config import resolve_config
 from snnkit.data import load_dataset
 from snnkit.training import Trainer, resume, train
 from snnkit.training.progress import EpochProgress
+from training_helpers import raise_on_call
 
 QUIET = EpochProgress(enabled=False)
 STEPS_PER_EPOCH = 3  # 320 samples in global batches of 128, the last one short
@@ -51,24 +52,13 @@ def assert_same_run(a, b):
         [{k: results[0][k] for k in ("final_acc", "best_acc", "best_epoch")}] * 2
 
 
-def stop_at_step(monkeypatch, calls):
-    step, count = Trainer.step, [0]
-
-    def stopping(self):
-        count[0] += 1
-        if count[0] == calls:
-            raise KeyboardInterrupt
-        step(self)
-
-    monkeypatch.setattr(Trainer, "step", stopping)
-
-
 @pytest.mark.parametrize("extra", [["method.name=rate_m"], ["method.name=bptt", "run.amp=fp16"]],
                          ids=["rate_m", "bptt-fp16"])
 def test_killed_mid_epoch_then_resumed_equals_uninterrupted(tmp_path, monkeypatch, data, extra):
     train(config(tmp_path, "full", *extra), QUIET, data)
     with monkeypatch.context() as m:
-        stop_at_step(m, STEPS_PER_EPOCH + 2)  # halfway through epoch 2
+        halfway_through_epoch_2 = STEPS_PER_EPOCH + 2
+        m.setattr(Trainer, "step", raise_on_call(Trainer.step, halfway_through_epoch_2, KeyboardInterrupt))
         with pytest.raises(KeyboardInterrupt):
             train(config(tmp_path, "stopped", *extra), QUIET, data)
     stopped = tmp_path / "stopped"
