@@ -224,3 +224,4 @@ def test_cli_stops_an_unsupported_run_at_start_up_in_one_line(tmp_path):
                                       "--set", f"run.out_dir={tmp_path}"])
     assert result.exit_code == 2
     assert "SAF needs soft reset" in result.output and "Traceback" not in result.output
+    assert not any(tmp_path.iterdir())  # stopped before any run directory or runs/latest was written

@@ -187,20 +187,24 @@ class Trainer:
             atomic_write_text(metrics, "".join(f"{line}\n" for line in kept))
 
 
-def new_run_dir(cfg: Config) -> Path:
-    root = Path(cfg.run.out_dir)
+def run_dir_for(cfg: Config) -> Path:
+    """The new run's directory, checked to hold no run yet; nothing is written."""
     name = cfg.run.name or f"{cfg.recipe}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = root / name
+    run_dir = Path(cfg.run.out_dir) / name
     if run_dir.exists() and any(run_dir.iterdir()):
         raise SnnkitError(f"run directory {run_dir} already holds a run; choose another --name or "
                           f"continue it with --resume {run_dir}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    latest = root / "latest"
-    tmp = root / f".latest.{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(name)
-    os.replace(tmp, latest)
     return run_dir
+
+
+def create_run_dir(run_dir: Path, cfg: Config) -> None:
+    """Make ``run_dir`` with its resolved ``config.yaml`` and point ``<out_dir>/latest`` at it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
+    tmp = run_dir.parent / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(run_dir.name)
+    os.replace(tmp, run_dir.parent / "latest")
 
 
 def train(cfg: Config, progress: Optional[EpochProgress] = None,
@@ -208,11 +212,10 @@ def train(cfg: Config, progress: Optional[EpochProgress] = None,
     """Train ``cfg`` in a new run directory (``<out_dir>/<name>``, ``<out_dir>/latest`` -> it), on
     ``data`` if given, else on the dataset ``cfg.data`` names. Under torchrun, every process calls this."""
     with process_group(cfg.run.device) as world:
-        data = data if data is not None else load_dataset(cfg.data.name, cfg.data.root)  # fail before any file is written
-        run_dir = world.on_main(lambda: new_run_dir(cfg))
+        run_dir = world.on_main(lambda: run_dir_for(cfg))
+        trainer = Trainer(cfg, run_dir, data, world)  # every start-up error comes before any file
         if world.is_main:
-            atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-        trainer = Trainer(cfg, run_dir, data, world)
+            create_run_dir(run_dir, cfg)
         log.info("run %s: %s on %s with %s, T=%d, %d epochs, device %s, %d process(es)", run_dir,
                  cfg.model.name, cfg.data.name, cfg.method.name, cfg.method.T, cfg.optim.epochs,
                  trainer.device, world.size)
