@@ -46,7 +46,7 @@ def exported(run) -> Path:
 def test_eval_defaults_to_the_latest_run(run):
     result = invoke("eval")
     assert result.exit_code == 0, result.output
-    assert "digits test accuracy, PyTorch:" in result.output and "Spike efficiency" in result.output
+    assert "digits test accuracy at T = 4, PyTorch:" in result.output and "Spike efficiency" in result.output
 
 
 def test_export_then_eval_onnx_reports_parity_and_writes_the_report(run):
@@ -55,28 +55,33 @@ def test_export_then_eval_onnx_reports_parity_and_writes_the_report(run):
     assert "wrote runs/latest/model.onnx: " in result.output and "T = 4, L = 3 spiking layers, opset 18" in result.output
     result = invoke("eval", "--onnx", "runs/latest/model.onnx", "--report-dir", "report")
     assert result.exit_code == 0, result.output
-    assert "ONNX parity: PASS" in result.output and "ONNX (CPUExecutionProvider)" in result.output
+    assert "ONNX parity at T = 4: PASS" in result.output and "ONNX (CPUExecutionProvider)" in result.output
     report = json.loads(Path("report/efficiency.json").read_text())
     parity = report["parity"]
-    assert parity["spike_count_identity"] == 1.0 and parity["logits_max_abs_diff"] <= 1e-5
-    assert parity["torch_accuracy"] == parity["onnx_accuracy"] == report["accuracy"]
+    assert parity["passed"] and parity["verdict"]["unexplained"] == 0 and parity["T"] == 4
+    # 360 samples × (8·8·8 + 16·8·8 + 32·4·4 neurons at width 0.25) × 4 steps; dyadic weights: no flip
+    assert parity["verdict"]["spikes_compared"] == 360 * (512 + 1024 + 512) * 4
+    assert parity["verdict"]["rounding_flips"] == parity["verdict"]["cascade_flips"] == 0
+    assert parity["outputs"]["spike_count_identity"] == 1.0 and parity["outputs"]["logits_max_abs_diff"] <= 1e-5
+    assert parity["outputs"]["accuracy_a"] == parity["outputs"]["accuracy_b"] == report["accuracy"]
     eff = report["efficiency"]
     assert [r["name"] for r in eff["spiking_layers"]] == ["0.2", "1.2", "3.2"]
     assert eff["samples"] == 360 and eff["energy"]["fp32"]["snn_pj"] > 0
     assert Path("report/efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_an_altered_onnx_weight_fails_parity_and_names_the_first_layer_that_differs(exported):
+def test_an_altered_onnx_weight_fails_parity_and_names_where_it_starts(exported):
     model = onnx.load(exported)
     second_conv = [n for n in model.graph.node if n.op_type == "Conv"][1]
     weight = next(i for i in model.graph.initializer if i.name == second_conv.input[1])
     weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) * 1.5 + 0.05, weight.name))
     onnx.save(model, exported)
-    result = invoke("eval", "--onnx", str(exported))
+    result = invoke("eval", "--onnx", str(exported), "--report-dir", "report")
     assert result.exit_code == 1, result.output
-    assert "ONNX parity: FAIL" in result.output
-    row = next(line for line in result.output.splitlines() if "first layer whose counts differ" in line)
-    assert "1.2" in row
+    assert "ONNX parity at T = 4: FAIL" in result.output
+    first = json.loads(Path("report/efficiency.json").read_text())["parity"]["verdict"]["first_unexplained"]
+    assert (first["what"], first["layer"], first["step"]) == ("membrane", "1.2", 0)
+    assert first["difference"] > 1e3 * first["bound"]
 
 
 def truncate(path: Path) -> Path:
@@ -131,7 +136,7 @@ def test_onnx_from_elsewhere_is_evaluated_against_a_given_checkpoint(exported):
     strip_metadata(exported)
     result = invoke("eval", "--onnx", str(exported), "--checkpoint", "runs/latest")
     assert result.exit_code == 0, result.output
-    assert "ONNX parity: PASS" in result.output
+    assert "ONNX parity at T = 4: PASS" in result.output
 
 
 @pytest.mark.slow
@@ -142,8 +147,9 @@ def test_quickstart_chain_train_export_eval(tmp_path, monkeypatch):
     result = invoke("eval", "--onnx", "runs/latest/model.onnx", "--report-dir", "report")
     assert result.exit_code == 0, result.output
     parity = json.loads(Path("report/efficiency.json").read_text())["parity"]
-    assert parity["spike_count_identity"] == 1.0 and parity["logits_max_abs_diff"] <= 1e-5
-    assert parity["onnx_accuracy"] > 0.5 and np.isclose(parity["onnx_accuracy"], parity["torch_accuracy"])
+    assert parity["passed"] and parity["verdict"]["unexplained"] == 0
+    outputs = parity["outputs"]
+    assert outputs["accuracy_b"] > 0.5 and np.isclose(outputs["accuracy_a"], outputs["accuracy_b"])
     folding = json.loads(Path("report/efficiency.json").read_text())["bn_folding"]
     assert folding["spike_count_identity"] >= 0.99  # BN folding's own float32 effect, measured
     assert "BN folding alone" in result.output
