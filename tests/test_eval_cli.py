@@ -2,7 +2,9 @@
 failure, the report files, and one clear line (exit 2, no traceback) for every bad input."""
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +86,57 @@ def test_an_altered_onnx_weight_fails_parity_and_names_where_it_starts(exported)
     assert first["difference"] > 1e3 * first["bound"]
 
 
+def set_metadata(path: Path, **props) -> Path:
+    model = onnx.load(path)
+    kept = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in kept}, **props})
+    onnx.save(model, path)
+    return path
+
+
+def test_a_foreign_metadata_key_is_tolerated(exported):
+    set_metadata(exported, **{"onnx.quant.pre_process": "onnxruntime.quant"})  # as onnxruntime's quantizer adds
+    result = invoke("eval", "--onnx", str(exported))
+    assert result.exit_code == 0, result.output
+    assert "ONNX parity at T = 4: PASS" in result.output
+
+
+def test_export_for_another_T_is_evaluated_at_that_T(run):
+    result = invoke("export", "--T", "2", "-o", "runs/latest/t2.onnx")
+    assert result.exit_code == 0, result.output
+    assert "T = 2, L = 3 spiking layers" in result.output
+    result = invoke("eval", "--onnx", "runs/latest/t2.onnx")
+    assert result.exit_code == 0, result.output
+    assert "digits test accuracy at T = 2, ONNX" in result.output and "ONNX parity at T = 2: PASS" in result.output
+
+
+def test_a_graph_that_runs_fewer_steps_than_it_claims_fails(run):
+    assert invoke("export", "--T", "2").exit_code == 0
+    set_metadata(run / "model.onnx", T="4")
+    result = invoke("eval", "--onnx", str(run / "model.onnx"), "--report-dir", "report")
+    assert result.exit_code == 1, result.output
+    first = json.loads(Path("report/efficiency.json").read_text())["parity"]["verdict"]["first_unexplained"]
+    assert (first["what"], first["layer"], first["difference"], first["bound"]) == ("steps", "0.2", 2, 4)
+
+
+def test_a_graph_with_another_decay_than_it_records_fails(run):
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    ckpt["model"]["neuron"]["decay"] = 0.5
+    torch.save(ckpt, run / "checkpoint.pt")
+    assert invoke("export").exit_code == 0  # the graph computes λ = 0.5
+    ckpt["model"]["neuron"]["decay"] = 0.2
+    torch.save(ckpt, run / "checkpoint.pt")  # ... and claims the checkpoint with λ = 0.2
+    sha = hashlib.sha256((run / "checkpoint.pt").read_bytes()).hexdigest()
+    set_metadata(run / "model.onnx", neuron=json.dumps(ckpt["model"]["neuron"]),
+                 checkpoint=json.dumps({"file": "checkpoint.pt", "sha256": sha}))
+    result = invoke("eval", "--onnx", str(run / "model.onnx"), "--report-dir", "report")
+    assert result.exit_code == 1, result.output
+    first = json.loads(Path("report/efficiency.json").read_text())["parity"]["verdict"]["first_unexplained"]
+    assert (first["what"], first["layer"], first["step"]) == ("membrane", "0.2", 1)  # step 0 has no decay
+
+
 def truncate(path: Path) -> Path:
     path.write_bytes(path.read_bytes()[:200])
     return path
@@ -119,6 +172,14 @@ BAD_INPUTS = {
                                  "dataset 'rgb8_for_tests' gives samples of shape (3, 8, 8) with 10 classes "
                                  "but the model expects (1, 8, 8) with 10"),
     "unsupported opset": (lambda run: ["export", "--opset", "13"], "--opset 13 is not supported"),
+    "checkpoint changed since export": (
+        lambda run: (torch.save({**torch.load(run / "checkpoint.pt", weights_only=True), "T": 8}, run / "checkpoint.pt"),
+                     ["eval", "--onnx", str(run / "model.onnx")])[1],
+        "model.onnx was exported from (its SHA-256 differs); pass that checkpoint with --checkpoint"),
+    "graph moved away from its checkpoint": (
+        lambda run: (shutil.copy(run / "model.onnx", "moved.onnx"), ["eval", "--onnx", "moved.onnx"])[1],
+        "moved.onnx was exported from checkpoint.pt, which is not beside it; pass --checkpoint"),
+    "zero steps": (lambda run: ["export", "--T", "0"], "--T 0 is not a number of time steps; give 1 or more"),
 }
 
 

@@ -16,8 +16,8 @@ from torch import nn
 from deploy_helpers import DEFAULT_SHAPE, SHAPES, exact_input, model_and_checkpoint
 from snnkit.checkpoint import atomic_save
 from snnkit.deploy.costs import topology
-from snnkit.deploy.evaluate import check_graph
-from snnkit.deploy.export import export_checkpoint
+from snnkit.deploy.evaluate import check_graph, evaluate
+from snnkit.deploy.export import check_forward, export_checkpoint
 from snnkit.deploy.graph import TimeUnrolled, deployable
 from snnkit.deploy.parity import MODULES, Bound, Observed, gamma, verify
 from snnkit.deploy.runtime import load_onnx
@@ -197,3 +197,43 @@ def test_rounding_bounds_by_hand():
     # padding is not a synapse: a corner output sums 4 inputs, the centre 9
     assert y.rounding[0, 0, 0, 0] == pytest.approx(2 * gamma(10) * (4 + 1)) and y.rounding[0, 0, 1, 1] == pytest.approx(2 * gamma(10) * 10)
     assert y.cascade[0, 0].tolist() == [[1, 1, 0], [1, 1, 0], [0, 0, 0]]  # the flip reaches its neighbours
+
+
+@pytest.fixture(scope="module")
+def trained_digits(tmp_path_factory) -> Path:
+    """The digits recipe trained for 2 epochs and exported: a real model's weights and statistics."""
+    from snnkit.config import resolve_config
+    from snnkit.training import train
+
+    out = tmp_path_factory.mktemp("trained")
+    run = train(resolve_config(None, ["optim.epochs=2", f"run.out_dir={out}", "run.name=digits"])).run_dir
+    export_checkpoint(run)
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", LEVELS)
+def test_the_trained_digits_model_passes_parity(trained_digits, level):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = LEVELS[level]
+    model = load_onnx(trained_digits / "model.onnx", ["CPUExecutionProvider"], options)
+    result = evaluate(model=model)
+    assert result.parity.passed, result.parity.verdict.first_unexplained.describe()
+    assert result.parity.verdict.spikes_compared == 360 * 4 * (32 * 64 + 64 * 64 + 128 * 16)
+    assert result.accuracy > 0.8 and result.parity.outputs.prediction_agreement > 0.99
+
+
+@pytest.mark.parametrize("name", ["digits_convnet", "resnet18"])
+def test_the_graph_has_at_most_half_the_nodes_it_had(exports, name):
+    """334 (digits) and 1674 (resnet18) nodes at T = 4 before onnxslim and the once-per-sample stem."""
+    _, path = exports(name, 4, "static")
+    assert len(onnx.load(path).graph.node) <= {"digits_convnet": 334, "resnet18": 1674}[name] // 2
+
+
+def test_the_check_after_export_fails_on_an_altered_file(exports, tmp_path):
+    net, path = exports("digits_convnet", 4, "static")
+    x = inputs("digits_convnet", 4, "static")
+    graph = deployable(net, 4, "static", probes=True)
+    for tamper in ("middle conv ×1.01", "one NaN weight"):
+        with pytest.raises(RuntimeError, match="onnxruntime disagrees with PyTorch right after export"):
+            check_forward(edited(path, tmp_path / "bad.onnx", TAMPERS[tamper]), graph, x)
