@@ -67,19 +67,29 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def trace(graph: TimeUnrolled, example: torch.Tensor, opset: int) -> onnx.ModelProto:
-    """The simplified graph with only ``logits`` and ``spike_counts`` as outputs; probes keep their names."""
+def trace(graph: TimeUnrolled, example: torch.Tensor, opset: int, dynamo: bool = False) -> onnx.ModelProto:
+    """The exporter's raw graph, every probe an output. ``dynamo`` selects torch's dynamo exporter
+    instead (only for the comparison in bench/)."""
     batch_axis = 0 if graph.kind == "static" else 1
     names = OUTPUTS + graph.probe_names()
-    f = io.BytesIO()
     with warnings.catch_warnings():
         for notice in LEGACY_NOTICES:
             warnings.filterwarnings("ignore", message=notice, category=DeprecationWarning)
+        if dynamo:
+            return torch.onnx.export(
+                graph, (example,), dynamo=True, opset_version=opset, input_names=["input"], output_names=names,
+                dynamic_shapes=({batch_axis: torch.export.Dim("batch")},), verbose=False).model_proto
+        f = io.BytesIO()
         torch.onnx.export(
             graph, (example,), f, dynamo=False, opset_version=opset, do_constant_folding=True,
             input_names=["input"], output_names=names,
             dynamic_axes={"input": {batch_axis: "batch"}, **{n: {0: "batch"} for n in names}})
-    model = onnxslim.slim(onnx.load_from_string(f.getvalue()))
+    return onnx.load_from_string(f.getvalue())
+
+
+def simplified(model: onnx.ModelProto) -> onnx.ModelProto:
+    """onnxslim's graph, with only ``logits`` and ``spike_counts`` as outputs; probes keep their names."""
+    model = onnxslim.slim(model)
     kept = [o for o in model.graph.output if o.name in OUTPUTS]
     del model.graph.output[:]
     model.graph.output.extend(kept)
@@ -100,13 +110,16 @@ def export_checkpoint(checkpoint: str | Path, out: Optional[str | Path] = None, 
     out = Path(out) if out is not None else ckpt_path.parent / ONNX_NAME
     data, T = ckpt["data"], int(T or ckpt["T"])
     kind, input_shape = data["kind"], tuple(data["input_shape"])
+    if kind == "event" and T != ckpt["T"]:
+        raise SnnkitError(f"--T {T} does not fit event data, which gives one frame per step: this model's data has "
+                          f"{ckpt['T']} frames per sample, so export it at T = {ckpt['T']}")
     net = model_from_checkpoint(ckpt)
     graph = deployable(net, T, kind, probes=True)
     topo = topology(net, input_shape)
 
     example = torch.randn(2, *input_shape) if kind == "static" else torch.randn(T, 2, *input_shape)
     with torch.no_grad():
-        model = trace(graph, example, opset)
+        model = simplified(trace(graph, example, opset))
     meta = {
         "snnkit_version": __version__, "T": T, "neuron": ckpt["model"]["neuron"],
         "layer_names": topo.layer_names, "fan_out": topo.fan_out(), "topology": topo.as_dict(),

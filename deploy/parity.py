@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from snnkit.neuron import lif_step
+from snnkit.neuron import NeuronParams, lif_step
 from snnkit.spiking import LIF
 
 from .graph import TimeUnrolled, tile_steps
@@ -207,7 +207,7 @@ class BoundInterpreter(fx.Interpreter):
         super().__init__(twin.step_graph)
         self.twin, self.observed = twin, observed
         self.verdict = Verdict()
-        self.counts: list[torch.Tensor] = []
+        self.counts: dict[str, torch.Tensor] = {}  # the twin's spikes per sample, per layer
 
     def call_module(self, target, args, kwargs):
         m = self.fetch_attr(target)
@@ -233,49 +233,60 @@ class BoundInterpreter(fx.Interpreter):
             x = x.map(lambda t: tile_steps(t, T))
         x_seq = x.map(lambda t: t.unflatten(0, (T, -1)))  # [T·B, ...] -> [T, B, ...]
         u_seen, s_seen = self.observed.membranes[name], self.observed.spikes[name]
-        x_mag = x_seq.magnitude()
-        v, v_round, v_casc = (torch.zeros_like(x_seq.value[0]) for _ in range(3))
+        v = Bound.exact(torch.zeros_like(x_seq.value[0]))
         spikes, flips = [], []
         for t in range(T):
-            s, v_next, u = lif_step(v, x_seq.value[t], p)
-            u_round = p.decay * v_round + x_seq.rounding[t] + 2 * gamma(2) * (
-                p.decay * (v.abs() + v_round + v_casc) + x_mag[t])
-            u_casc = p.decay * v_casc + x_seq.cascade[t]
-            bound = u_round + u_casc
-            du = (u - u_seen[t]).abs()
-            self.verdict.unexplained_at("membrane", name, t, order, ~(du <= bound), du, bound)
-            flip = s != s_seen[t]
-            near = (u - p.v_threshold).abs() <= bound
-            self.verdict.unexplained_at("spike", name, t, order, flip & ~near, (u - p.v_threshold).abs(), bound)
-            self.explained(flip & near, u_casc > 0, name, t, order)
-            ds = flip.to(u.dtype)
-            if p.reset == "soft":
-                v_round = u_round + 2 * UNIT_ROUNDOFF * (v_next.abs() + bound + p.v_threshold * ds)
-                v_casc = u_casc + p.v_threshold * ds
-            else:  # hard: exact when both sides agree; v_reset on one side and u on the other otherwise
-                keep = (1 - s) * (1 - ds)
-                v_round, v_casc = keep * u_round, keep * u_casc + ds * ((u - p.v_reset).abs() + bound)
+            x_t = x_seq.map(lambda q: q[t])
+            s, v_next, u_value = lif_step(v.value, x_t.value, p)
+            u = Bound(u_value, p.decay * v.rounding + x_t.rounding + 2 * gamma(2) * (p.decay * v.magnitude()
+                                                                                    + x_t.magnitude()),
+                      p.decay * v.cascade + x_t.cascade)
+            flip = self.judge(name, t, order, u, s, u_seen[t], s_seen[t], p.v_threshold)
+            v = reset_bound(p, u, s, v_next, flip)
             spikes.append(s)
-            flips.append(ds)
-            v = v_next
-        self.verdict.spikes_compared += u_seen[:T].numel()
+            flips.append(flip)
+        self.verdict.spikes_compared += s_seen.numel()
         s_seq = torch.stack(spikes)
-        self.counts.append(s_seq.flatten(2).sum((0, 2)))
-        seen_counts = s_seen.flatten(2).sum((0, 2))
-        wrong = self.observed.spike_counts[:, order].to(seen_counts.dtype) != seen_counts
-        self.verdict.unexplained_at("spike counts", name, None, order, wrong,
-                                    (self.observed.spike_counts[:, order] - seen_counts).abs().double(),
-                                    torch.zeros_like(seen_counts, dtype=torch.float64))
+        self.counts[name] = s_seq.flatten(2).sum((0, 2))
+        self.check_counts(name, order, s_seen)
         return Bound(s_seq.flatten(0, 1), torch.zeros_like(s_seq.flatten(0, 1)), torch.stack(flips).flatten(0, 1))
 
-    def explained(self, mask: torch.Tensor, cascade: torch.Tensor, name: str, t: int, order: int) -> None:
-        n = int(mask.sum())
+    def judge(self, name: str, t: int, order: int, u: Bound, s: torch.Tensor, u_seen: torch.Tensor,
+              s_seen: torch.Tensor, v_threshold: float) -> torch.Tensor:
+        """Classify one step of a layer; returns |Δs| (1 where the spikes differ)."""
+        bound = u.rounding + u.cascade
+        du = (u.value - u_seen).abs()
+        self.verdict.unexplained_at("membrane", name, t, order, ~(du <= bound), du, bound)
+        flip = s != s_seen
+        margin = (u.value - v_threshold).abs()
+        near = margin <= bound
+        self.verdict.unexplained_at("spike", name, t, order, flip & ~near, margin, bound)
+        explained = flip & near
+        n, cascade = int(explained.sum()), int((explained & (u.cascade > 0)).sum())
         if n:
-            casc = int((mask & cascade).sum())
-            self.verdict.cascade_flips += casc
-            self.verdict.rounding_flips += n - casc
+            self.verdict.cascade_flips += cascade
+            self.verdict.rounding_flips += n - cascade
             self.verdict.first_explained = earlier(self.verdict.first_explained,
                                                    Finding("spike", name, t, order, 0.0, 0.0))
+        return flip.to(s.dtype)
+
+    def check_counts(self, name: str, order: int, s_seen: torch.Tensor) -> None:
+        """The graph's ``spike_counts`` output must be the sum of its own per-step spikes."""
+        counted = self.observed.spike_counts[:, self.twin.layer_names.index(name)].double()
+        summed = s_seen.flatten(2).sum((0, 2)).double()
+        self.verdict.unexplained_at("spike counts", name, None, order, counted != summed, (counted - summed).abs(),
+                                    torch.zeros_like(summed))
+
+
+def reset_bound(p: NeuronParams, u: Bound, s: torch.Tensor, v_next: torch.Tensor, flip: torch.Tensor) -> Bound:
+    """The state after the reset: the soft reset rounds once and moves by V_th where the spikes
+    differ; the hard reset is exact where both sides agree, v_reset against u where they do not."""
+    bound = u.rounding + u.cascade
+    if p.reset == "soft":
+        return Bound(v_next, u.rounding + 2 * UNIT_ROUNDOFF * (v_next.abs() + bound + p.v_threshold * flip),
+                     u.cascade + p.v_threshold * flip)
+    keep = (1 - s) * (1 - flip)
+    return Bound(v_next, keep * u.rounding, keep * u.cascade + flip * ((u.value - p.v_reset).abs() + bound))
 
 
 def steps_mismatch(twin: TimeUnrolled, observed: Observed) -> Optional[Finding]:
@@ -301,5 +312,6 @@ def verify(twin: TimeUnrolled, x: torch.Tensor, observed: Observed) -> Reference
     bound = (y.rounding + y.cascade).mean(0) + 2 * gamma(twin.T + 1) * y.magnitude().mean(0)
     diff = (logits - observed.logits).abs()
     run.verdict.unexplained_at("logits", "logits", None, len(twin.layer_names), ~(diff <= bound), diff, bound)
-    return Reference(logits, torch.stack(run.counts, 1).to(torch.int64), run.verdict)
+    counts = torch.stack([run.counts[name] for name in twin.layer_names], 1).to(torch.int64)
+    return Reference(logits, counts, run.verdict)
 

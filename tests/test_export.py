@@ -181,6 +181,9 @@ def test_event_data_goes_in_time_major_with_a_dynamic_batch(tmp_path):
             ref = net(x_seq)
         np.testing.assert_array_equal(counts, ref.spike_counts.numpy())
         assert np.abs(logits - ref.logits.numpy()).max() <= 1e-5
+    with pytest.raises(SnnkitError, match=r"--T 2 does not fit event data, which gives one frame per step: "
+                                          r"this model's data has 4 frames per sample, so export it at T = 4"):
+        export_checkpoint(tmp_path, tmp_path / "t2.onnx", T=2)
 
 
 def test_efficiency_report_by_hand():
