@@ -2,7 +2,7 @@
 
 The exporter is named explicitly: torch's TorchScript exporter (``dynamo=False``), then onnxslim,
 which removes the shape plumbing (constant folding, shape arithmetic, dead nodes). The dynamo
-exporter (which needs ``onnxscript``) ends at the same node count but took 3-6× longer (README).
+exporter (which needs ``onnxscript``) ends at the same graph but took 5-17× longer (README).
 The TorchScript one announces itself as legacy with two DeprecationWarnings, which are silenced
 here by their exact text and nowhere else.
 
@@ -132,7 +132,7 @@ def export_checkpoint(checkpoint: str | Path, out: Optional[str | Path] = None, 
         "checkpoint": {"file": ckpt_path.name, "sha256": file_sha256(ckpt_path)},
         "exporter": EXPORTER,
     }
-    onnx.helper.set_model_props(model, {k: json.dumps(v) for k, v in meta.items()})
+    onnx.helper.set_model_props(model, {k: json.dumps(meta[k]) for k in META_KEYS})
     onnx.checker.check_model(model, full_check=True)
     atomic_write(out, model.SerializeToString())
     check_forward(out, graph, example)

@@ -65,8 +65,8 @@ def judge(net: SpikingNet, path: Path, T: int, kind: str, x: torch.Tensor, level
 
 
 @pytest.mark.parametrize("level", LEVELS)
-@pytest.mark.parametrize("kind", ["static", "event"])
-@pytest.mark.parametrize("T", [1, 4, 8])
+@pytest.mark.parametrize("kind", ["static", pytest.param("event", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("T", [pytest.param(1, marks=pytest.mark.slow), 4, pytest.param(8, marks=pytest.mark.slow)])
 @pytest.mark.parametrize("name", MODELS.names())
 def test_every_model_passes_parity_at_every_T_input_kind_and_optimisation_level(exports, name, T, kind, level):
     net, path = exports(name, T, kind)
