@@ -29,7 +29,7 @@ from .runtime import OnnxModel, load_onnx
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 LATEST = "runs/latest"
-PROBE_BYTES = 1 << 28  # per chunk of samples run with every membrane and spike exposed (both sides)
+PROBE_BYTES = 1 << 30  # per chunk of samples run with every membrane and spike exposed (both sides)
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def check_graph(model: OnnxModel, twin: TimeUnrolled, batches: Batches,
     """Run every batch through the graph with its probes exposed and judge it against ``twin``;
     returns (twin's predictions, graph's predictions, verdict). ``neurons`` (per sample) sizes the
     chunks that bound the memory."""
-    chunk = max(1, PROBE_BYTES // (neurons * twin.T * 64))  # ~16 float32 copies of every membrane
+    chunk = max(1, PROBE_BYTES // (neurons * twin.T * 32))  # ~8 float32 copies of every membrane
     ref_out, got_out, labels, verdict = [], [], [], nonfinite_weights(model.weights())
     for x, y in batches:
         for xs in graph_input(x, twin.T, twin.kind).split(chunk, dim=0 if twin.kind == "static" else 1):
