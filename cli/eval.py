@@ -20,29 +20,20 @@ def eval_command(
     batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 256,
     report_dir: Annotated[Optional[Path], typer.Option(
         help="Also write efficiency.json and efficiency.png here.")] = None,
-    max_logit_diff: Annotated[float, typer.Option(help="Parity: largest allowed |Δlogits|.")] = 1e-4,
-    min_agreement: Annotated[float, typer.Option(help="Parity: smallest prediction agreement.")] = 0.999,
-    min_spike_identity: Annotated[float, typer.Option(
-        help="Parity: smallest fraction of identical (sample, layer) spike counts.")] = 0.999,
 ) -> None:
-    """Test accuracy and spike efficiency; with --onnx, parity of the graph with PyTorch."""
-    from snnkit.deploy.evaluate import Thresholds, evaluate
-    from snnkit.deploy.report import efficiency_table, energy_lines, parity_table, write_report
+    """Test accuracy and spike efficiency; with --onnx, parity of the graph with PyTorch, spike by spike."""
+    from snnkit.deploy.evaluate import evaluate
+    from snnkit.deploy.report import efficiency_table, energy_lines, folding_line, parity_table, write_report
 
     with user_errors():
-        result = evaluate(checkpoint or run, onnx, data_root, batch_size,
-                          Thresholds(max_logit_diff, min_agreement, min_spike_identity))
+        result = evaluate(checkpoint or run, onnx, data_root, batch_size)
         files = write_report(result, report_dir) if report_dir is not None else ()
     side = f"ONNX ({', '.join(result.providers)})" if onnx is not None else "PyTorch"
-    console.print(f"{result.dataset} test accuracy, {side}: {result.accuracy:.2%}  (checkpoint {result.checkpoint})",
-                  markup=False, highlight=False, soft_wrap=True)
+    console.print(f"{result.dataset} test accuracy at T = {result.T}, {side}: {result.accuracy:.2%}  "
+                  f"(checkpoint {result.checkpoint})", markup=False, highlight=False, soft_wrap=True)
     if result.parity is not None:
         console.print(parity_table(result.parity))
-        f = result.folding
-        console.print(f"BN folding alone (checkpoint model vs the folded PyTorch twin, float32): "
-                      f"{f.spike_count_identity:.2%} identical spike counts, max |Δlogits| "
-                      f"{f.logits_max_abs_diff:.3g}, accuracy {f.torch_accuracy:.2%} / {f.onnx_accuracy:.2%}",
-                      markup=False, highlight=False, soft_wrap=True)
+        console.print(folding_line(result.folding), markup=False, highlight=False, soft_wrap=True)
     console.print(efficiency_table(result.report))
     for line in energy_lines(result.report):
         console.print(line, markup=False, highlight=False, soft_wrap=True)

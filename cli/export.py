@@ -1,4 +1,4 @@
-"""``snnkit export [RUN_OR_CHECKPOINT] [-o model.onnx] [--opset N]``."""
+"""``snnkit export [RUN_OR_CHECKPOINT] [-o model.onnx] [--opset N] [--T N]``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,11 +17,13 @@ def export(
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Where to write the graph (default: model.onnx beside the checkpoint).")] = None,
     opset: Annotated[int, typer.Option(help=f"ONNX opset, {OPSETS.start}..{OPSETS.stop - 1}.")] = OPSET,
+    T: Annotated[Optional[int], typer.Option(
+        "--T", "-T", help="Time steps to unroll (default: the T the model was trained with).")] = None,
 ) -> None:
     """Export a trained model to a time-unrolled ONNX graph with per-layer spike counts."""
     from snnkit.deploy.export import export_checkpoint
 
     with user_errors():
-        r = export_checkpoint(run, output, opset)
+        r = export_checkpoint(run, output, opset, T)
     console.print(f"wrote {r.path}: {r.size_bytes / 1024:.1f} KiB, {r.nodes} nodes, T = {r.T}, "
                   f"L = {r.layers} spiking layers, opset {r.opset}", markup=False, highlight=False, soft_wrap=True)

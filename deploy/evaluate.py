@@ -1,30 +1,35 @@
 """``snnkit eval``: accuracy on the test split of the model's dataset, ONNX parity, efficiency.
 
-Both sides see the same batches: PyTorch runs the checkpoint's own model (BatchNorm unfolded,
-CPU float32, the reference multi-step layout); onnxruntime runs the exported graph.
+With a graph, everything runs at the graph's T. Parity (:mod:`snnkit.deploy.parity`) judges the
+graph in onnxruntime, step by step, against its PyTorch twin (the checkpoint's model with BatchNorm
+folded as exported, CPU float32); what folding alone changes is measured against the checkpoint's
+own model and reported beside it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Iterable, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from snnkit.checkpoint import load_checkpoint, model_from_checkpoint
+from snnkit.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
 from snnkit.data import encode, load_dataset
 from snnkit.errors import DataError, SnnkitError
 from snnkit.spiking import SpikingNet
 
-from .costs import Topology, topology
-from .graph import deployable
+from .costs import topology
 from .efficiency import efficiency_report
+from .export import file_sha256
+from .graph import PROBE, TimeUnrolled, deployable
+from .parity import Verdict, nonfinite_weights, verify
 from .runtime import OnnxModel, load_onnx
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 LATEST = "runs/latest"
+PROBE_BYTES = 1 << 30  # per chunk of samples run with every membrane and spike exposed (both sides)
 
 
 @dataclass(frozen=True)
@@ -39,37 +44,47 @@ class Predictions:
 
 
 @dataclass(frozen=True)
-class Thresholds:
-    max_logit_diff: float = 1e-4
-    min_agreement: float = 0.999
-    min_spike_identity: float = 0.999
+class Agreement:
+    """Two runs on the same samples, side by side."""
 
-
-@dataclass(frozen=True)
-class Parity:
     logits_max_abs_diff: float
     prediction_agreement: float
     spike_count_identity: float  # fraction of (sample, layer) counts that are equal
     first_differing_layer: Optional[str]
-    torch_accuracy: float
-    onnx_accuracy: float
-    thresholds: Thresholds = field(default_factory=Thresholds)
+    accuracy_a: float
+    accuracy_b: float
+
+
+def agreement(a: Predictions, b: Predictions, layer_names: list[str]) -> Agreement:
+    same = a.spike_counts == b.spike_counts  # [N, L]
+    differing = np.flatnonzero(~same.all(axis=0))
+    return Agreement(float(np.abs(a.logits - b.logits).max()), float((a.logits.argmax(1) == b.logits.argmax(1)).mean()),
+                     float(same.mean()), layer_names[differing[0]] if differing.size else None,
+                     a.accuracy, b.accuracy)
+
+
+@dataclass(frozen=True)
+class Parity:
+    """The graph (b) against its PyTorch twin (a): the verdict on every spike, and the outputs."""
+
+    T: int
+    verdict: Verdict
+    outputs: Agreement
 
     @property
     def passed(self) -> bool:
-        t = self.thresholds
-        return (self.logits_max_abs_diff <= t.max_logit_diff and self.prediction_agreement >= t.min_agreement
-                and self.spike_count_identity >= t.min_spike_identity)
+        return self.verdict.passed
 
 
 @dataclass(frozen=True)
 class EvalResult:
     checkpoint: Path
     dataset: str
+    T: int
     accuracy: float  # of the evaluated model (the ONNX graph when one is given)
     report: dict  # efficiency_report(...)
-    parity: Optional[Parity] = None  # the ONNX graph against its PyTorch twin (same folded weights)
-    folding: Optional[Parity] = None  # BN folding alone: the checkpoint's model against that twin
+    parity: Optional[Parity] = None
+    folding: Optional[Agreement] = None  # BN folding alone: the checkpoint's model (a) against the twin (b)
     providers: list[str] = field(default_factory=list)
 
 
@@ -81,23 +96,32 @@ def predict_torch(net: SpikingNet, batches: Batches, T: int, kind: str) -> Predi
                        torch.cat([y for _, y in outs]).numpy())
 
 
-def predict_graph(run: Callable[[torch.Tensor], tuple], batches: Batches, T: int, kind: str) -> Predictions:
-    """Run a deployed graph (onnxruntime, or its PyTorch twin): static batches go in as
-    ``[B, C, H, W]``, event batches as ``[T, B, C, H, W]``; ``run`` returns (logits, spike counts)."""
-    outs = [(run(x if kind == "static" else encode(x, T, kind)), y) for x, y in batches]
-    return Predictions(np.concatenate([o[0] for o, _ in outs]), np.concatenate([o[1] for o, _ in outs]),
-                       torch.cat([y for _, y in outs]).numpy())
+def graph_input(x: torch.Tensor, T: int, kind: str) -> torch.Tensor:
+    """A loader batch in a graph's input layout: static ``[B, C, H, W]``, event ``[T, B, C, H, W]``."""
+    return x if kind == "static" else encode(x, T, kind)
 
 
-def parity(ref: Predictions, onnx: Predictions, layer_names: list[str], thresholds: Thresholds) -> Parity:
-    same = ref.spike_counts == onnx.spike_counts  # [N, L]
-    differing = np.flatnonzero(~same.all(axis=0))
-    return Parity(
-        logits_max_abs_diff=float(np.abs(ref.logits - onnx.logits).max()),
-        prediction_agreement=float((ref.logits.argmax(1) == onnx.logits.argmax(1)).mean()),
-        spike_count_identity=float(same.mean()),
-        first_differing_layer=layer_names[differing[0]] if differing.size else None,
-        torch_accuracy=ref.accuracy, onnx_accuracy=onnx.accuracy, thresholds=thresholds)
+def check_graph(model: OnnxModel, twin: TimeUnrolled, batches: Batches,
+                neurons: int) -> tuple[Predictions, Predictions, Verdict]:
+    """Run every batch through the graph with its probes exposed and judge it against ``twin``;
+    returns (twin's predictions, graph's predictions, verdict). ``neurons`` (per sample) sizes the
+    chunks that bound the memory."""
+    chunk = max(1, PROBE_BYTES // (neurons * twin.T * 32))  # ~8 float32 copies of every membrane
+    ref_out, got_out, labels, verdict = [], [], [], nonfinite_weights(model.weights())
+    for x, y in batches:
+        for xs in graph_input(x, twin.T, twin.kind).split(chunk, dim=0 if twin.kind == "static" else 1):
+            observed = model.observe(xs.numpy())
+            ref = verify(twin, xs, observed)
+            verdict = verdict.merge(ref.verdict)
+            ref_out.append((ref.logits, ref.spike_counts))
+            got_out.append((observed.logits, observed.spike_counts))
+        labels.append(y)
+
+    def predictions(outs: list) -> Predictions:
+        return Predictions(torch.cat([o[0] for o in outs]).numpy(), torch.cat([o[1] for o in outs]).numpy(),
+                           torch.cat(labels).numpy())
+
+    return predictions(ref_out), predictions(got_out), verdict
 
 
 def evaluation_batches(ckpt: dict, root: Optional[str], batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -112,48 +136,57 @@ def evaluation_batches(ckpt: dict, root: Optional[str], batch_size: int) -> list
     return list(DataLoader(bundle.test, batch_size=batch_size, shuffle=False))
 
 
-def checkpoint_for(model: OnnxModel, checkpoint: Optional[str | Path]) -> str | Path:
-    if checkpoint is not None:
-        return checkpoint
-    if model.meta is None:
+def checkpoint_for(model: OnnxModel, checkpoint: Optional[str | Path]) -> Path:
+    """``checkpoint``, or the one the graph names beside it; either must have the recorded SHA-256."""
+    if checkpoint is None and model.meta is None:
         raise SnnkitError(f"{model.path} has no snnkit metadata; pass --checkpoint with the checkpoint "
                           "it was exported from to evaluate it")
-    if not Path(model.meta["checkpoint"]).is_file():
-        raise SnnkitError(f"{model.path} was exported from {model.meta['checkpoint']}, which is gone; "
-                          "pass --checkpoint with that checkpoint's new location")
-    return model.meta["checkpoint"]
+    if checkpoint is not None:
+        path = resolve_checkpoint_path(checkpoint)
+    else:
+        path = model.path.parent / model.meta["checkpoint"]["file"]
+        if not path.is_file():
+            raise SnnkitError(f"{model.path} was exported from {model.meta['checkpoint']['file']}, which is not "
+                              "beside it; pass --checkpoint with that checkpoint")
+    if model.meta is not None and file_sha256(path) != model.meta["checkpoint"]["sha256"]:
+        raise SnnkitError(f"{path} is not the checkpoint {model.path} was exported from (its SHA-256 differs); "
+                          "pass that checkpoint with --checkpoint, or re-export")
+    return path
 
 
-def check_match(model: OnnxModel, topo: Topology, T: int) -> None:
-    if model.meta is not None and (model.meta["layer_names"] != topo.layer_names or model.meta["T"] != T):
-        raise SnnkitError(f"{model.path} was not exported from this checkpoint (its layers or T differ); "
-                          "pass the matching --checkpoint or re-export")
+def graph_steps(model: OnnxModel, layer_names: list[str]) -> int:
+    """The graph's T: from its metadata, else from the steps its probes show."""
+    if model.meta is not None:
+        if model.meta["layer_names"] != layer_names:
+            raise SnnkitError(f"{model.path} was not exported from this checkpoint (its spiking layers differ); "
+                              "pass the matching --checkpoint or re-export")
+        return int(model.meta["T"])
+    steps = [int(m["step"]) for m in map(PROBE.match, model.probe_names()) if m["layer"] == layer_names[0]]
+    if not steps:
+        raise SnnkitError(f"{model.path} does not expose per-step membranes and spikes for the layers of this "
+                          "checkpoint; export it with `snnkit export` to check its parity")
+    return max(steps) + 1
 
 
 def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path] = None,
-             data_root: Optional[str] = None, batch_size: int = 256,
-             thresholds: Thresholds = Thresholds()) -> EvalResult:
-    """Evaluate the checkpoint (default ``runs/latest``) or, with ``onnx``, the graph against it."""
-    model = load_onnx(onnx) if onnx is not None else None
-    ckpt_path = checkpoint_for(model, checkpoint) if model is not None else (checkpoint or LATEST)
+             data_root: Optional[str] = None, batch_size: int = 256, model: Optional[OnnxModel] = None) -> EvalResult:
+    """Evaluate the checkpoint (default ``runs/latest``) or, with ``onnx`` (or an opened ``model``),
+    the graph against it, at the graph's T."""
+    model = model or (load_onnx(onnx) if onnx is not None else None)
+    ckpt_path = checkpoint_for(model, checkpoint) if model is not None else resolve_checkpoint_path(checkpoint or LATEST)
     ckpt = load_checkpoint(ckpt_path)
     net = model_from_checkpoint(ckpt).to(torch.float32)
-    T, kind, input_shape = int(ckpt["T"]), ckpt["data"]["kind"], tuple(ckpt["data"]["input_shape"])
+    kind, input_shape = ckpt["data"]["kind"], tuple(ckpt["data"]["input_shape"])
     topo = topology(net, input_shape)
+    T = graph_steps(model, topo.layer_names) if model is not None else int(ckpt["T"])
     batches = evaluation_batches(ckpt, data_root, batch_size)
     ref = predict_torch(net, batches, T, kind)
     if model is None:
-        return EvalResult(Path(ckpt_path), ckpt["data"]["name"], ref.accuracy,
+        return EvalResult(ckpt_path, ckpt["data"]["name"], T, ref.accuracy,
                           efficiency_report(topo, ref.spike_counts, T, kind))
-    check_match(model, topo, T)
-    got = predict_graph(lambda x: model.run(x.numpy()), batches, T, kind)
-    # Folding BN rounds differently from conv-then-BN in float32, so a neuron within an ulp of its
-    # threshold may flip: parity gates on the exported arithmetic (the graph against its PyTorch
-    # twin); what folding alone changes is measured against the checkpoint's model and reported.
-    twin = deployable(net, T, kind).eval()
-    with torch.no_grad():
-        folded = predict_graph(lambda x: tuple(t.numpy() for t in twin(x)), batches, T, kind)
-    return EvalResult(Path(ckpt_path), ckpt["data"]["name"], got.accuracy,
+    twin = deployable(net, T, kind, probes=True)
+    folded, got, verdict = check_graph(model, twin, batches, sum(topo.neurons))
+    return EvalResult(ckpt_path, ckpt["data"]["name"], T, got.accuracy,
                       efficiency_report(topo, got.spike_counts, T, kind),
-                      parity(folded, got, topo.layer_names, thresholds),
-                      parity(ref, folded, topo.layer_names, thresholds), model.providers)
+                      Parity(T, verdict, agreement(folded, got, topo.layer_names)),
+                      agreement(ref, folded, topo.layer_names), model.providers)

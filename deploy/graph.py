@@ -1,22 +1,32 @@
 """The deployable network: BatchNorm folded away, time unrolled, spike counts as an output.
 
-The graph runs the toolkit's own plain-tensor :func:`~snnkit.neuron.lif_step` (Heaviside firing)
-through a :class:`~snnkit.spiking.Mode`, so export, evaluation and training share one neuron.
-Unlike the reference loop it indexes steps by number and starts the membrane at the scalar 0, so
-a trace keeps the batch dimension dynamic. Nothing here depends on the training code.
+The body is traced once with torch.fx (LIF layers as leaves). For static input every node that
+depends only on the input and the weights (everything before the first LIF: the stem conv, its
+pooling, an analog shortcut that reads it) is **computed once per sample** on ``[B, ...]``: a LIF
+fed such a value takes it as its current at every step, and any other step-wise consumer gets it
+tiled over T. :attr:`TimeUnrolled.computed_once` names those modules; every other module runs at
+each of the T steps. The graph runs the toolkit's own :func:`~snnkit.neuron.lif_step` (Heaviside
+firing) through a :class:`~snnkit.spiking.Mode`, starting the membrane at the scalar 0 so that a
+trace keeps the batch dimension dynamic. Nothing here depends on the training code.
 """
 from __future__ import annotations
 
 import copy
-
+import re
 import torch
-from torch import nn
+from torch import fx, nn
 
 from snnkit.neuron import lif_step
 from snnkit.spiking import LIF, Mode, SpikingNet, neuron_mode, spike_counts
 
 FOLDABLE = (nn.Conv2d, nn.Linear)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+PROBE = re.compile(r"^(?P<layer>.+):(?P<kind>[us])(?P<step>\d+)$")
+
+
+def probe_name(layer: str, kind: str, step: int) -> str:
+    """The graph tensor holding a LIF layer's membrane ``u`` (before reset) or spikes ``s`` at a step."""
+    return f"{layer}:{kind}{step}"
 
 
 @torch.no_grad()
@@ -50,45 +60,95 @@ def fold_batchnorm(body: nn.Module) -> nn.Module:
     return body
 
 
-class Unrolled(Mode):
-    """T explicit copies of the LIF step on ``[T·B, ...]``; the potential starts at 0 in the graph."""
+class LIFLeaves(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, LIF) or super().is_leaf_module(m, qualname)
 
-    def __init__(self, T: int):
+
+def tile_steps(x: torch.Tensor, T: int) -> torch.Tensor:
+    """``[B, ...]`` -> ``[T·B, ...]``, the same value at every step (time-major)."""
+    return x.repeat(T, *(1,) * (x.dim() - 1))
+
+
+def is_lif(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return node.op == "call_module" and isinstance(gm.get_submodule(node.target), LIF)
+
+
+def split_once_per_sample(gm: fx.GraphModule, T: int) -> tuple[list[str], list[str]]:
+    """Rewrite ``gm`` (traced on a static ``[B, ...]`` input) so that nodes that depend on the input
+    and weights alone run once on ``[B, ...]``; returns (their module names, LIF layers fed by them)."""
+    once: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "get_attr") or (
+                node.op != "output" and not is_lif(gm, node) and all(a in once for a in node.all_input_nodes)):
+            once.add(node)
+    tiled: dict[fx.Node, fx.Node] = {}
+    for node in [n for n in gm.graph.nodes if n not in once and not is_lif(gm, n)]:
+        for arg in [a for a in node.all_input_nodes if a in once]:
+            if arg not in tiled:
+                with gm.graph.inserting_after(arg):
+                    tiled[arg] = gm.graph.call_function(tile_steps, (arg, T))
+            node.replace_input_with(arg, tiled[arg])
+    gm.recompile()
+    modules = [n.target for n in gm.graph.nodes if n in once and n.op == "call_module"]
+    fed = [n.target for n in gm.graph.nodes if is_lif(gm, n) and n.args[0] in once]
+    return modules, fed
+
+
+class Unrolled(Mode):
+    """T explicit copies of the LIF step on ``[T·B, ...]``, or on ``[B, ...]`` when the current is
+    the same at every step (``constant``); the potential starts at 0 in the graph. With ``probes``
+    it keeps each step's (membrane before reset, spikes)."""
+
+    def __init__(self, T: int, constant: bool, probes: bool):
         super().__init__()
-        self.T = T
+        self.T, self.constant, self.probes = T, constant, probes
+        self.steps_seen: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def __call__(self, lif: LIF, x: torch.Tensor) -> torch.Tensor:
-        x_seq = x.unflatten(0, (self.T, -1))  # [T·B, ...] -> [T, B, ...]
+        x_seq = [x] * self.T if self.constant else x.unflatten(0, (self.T, -1))  # [T, B, ...]
         v: torch.Tensor | float = 0.0
         spikes = []
         for t in range(self.T):
-            s, v, _ = lif_step(v, x_seq[t], lif.neuron)
+            s, v, u = lif_step(v, x_seq[t], lif.neuron)
             spikes.append(s)
+            if self.probes:
+                self.steps_seen.append((u, s))
         s_seq = torch.stack(spikes)
         self.count(s_seq, self.T)
         return s_seq.flatten(0, 1)
 
 
 class TimeUnrolled(nn.Module):
-    """``input`` -> (``logits`` [B, classes] time-averaged, ``spike_counts`` [B, L] int64).
+    """``input`` -> (``logits`` [B, classes] time-averaged, ``spike_counts`` [B, L] int64), and with
+    ``probes`` each LIF layer's membrane and spikes at every step (named by :func:`probe_name`).
 
-    ``input`` is ``[B, C, H, W]`` for static data (fed at each of the T steps) or ``[T, B, C, H, W]``
-    for event frames.
+    ``input`` is ``[B, C, H, W]`` for static data or ``[T, B, C, H, W]`` for event frames.
     """
 
-    def __init__(self, body: nn.Module, T: int, kind: str):
+    def __init__(self, body: nn.Module, T: int, kind: str, probes: bool = False):
         super().__init__()
-        self.body, self.T, self.kind = body, T, kind
+        self.body, self.T, self.kind, self.probes = body, T, kind, probes
+        self.step_graph = fx.GraphModule(body, LIFLeaves().trace(body))
+        once, fed = split_once_per_sample(self.step_graph, T) if kind == "static" else ([], [])
+        self.computed_once: tuple[str, ...] = tuple(once)  # modules run once per sample, not T times
+        self.constant_fed = {body.get_submodule(name) for name in fed}
+        self.layer_names = SpikingNet(body).layer_names()
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x_seq = x.unsqueeze(0).repeat(self.T, *(1,) * x.dim()) if self.kind == "static" else x  # [T, B, ...]
-        with neuron_mode(self.body, lambda _: Unrolled(self.T)) as modes:
-            y = self.body(x_seq.flatten(0, 1))  # [T, B, ...] -> [T·B, ...]
+    def probe_names(self) -> list[str]:
+        return [probe_name(layer, kind, t) for layer in self.layer_names for t in range(self.T) for kind in "us"]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        flat = x if self.kind == "static" else x.flatten(0, 1)  # [T, B, ...] -> [T·B, ...]
+        with neuron_mode(self.body, lambda lif: Unrolled(self.T, lif in self.constant_fed, self.probes)) as modes:
+            y = self.step_graph(flat)
         logits = y.unflatten(0, (self.T, -1)).mean(0)  # [T·B, K] -> [B, K]
-        return logits, spike_counts(modes).to(torch.int64)
+        probed = [t for m in modes for u, s in m.steps_seen for t in (u, s)]
+        return (logits, spike_counts(modes).to(torch.int64), *probed)
 
 
-def deployable(net: SpikingNet, T: int, kind: str) -> TimeUnrolled:
+def deployable(net: SpikingNet, T: int, kind: str, probes: bool = False) -> TimeUnrolled:
     """The eval-mode CPU float32 network with BatchNorm folded, ready to trace."""
     net = net.to("cpu", torch.float32).eval()
-    return TimeUnrolled(fold_batchnorm(net.body), T, kind).eval()
+    return TimeUnrolled(fold_batchnorm(net.body), T, kind, probes).eval()
+

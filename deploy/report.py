@@ -10,21 +10,33 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rich.table import Table
 
-from .evaluate import EvalResult, Parity
+from .evaluate import Agreement, EvalResult, Parity
 from snnkit.files import atomic_write
 
 
 def parity_table(p: Parity) -> Table:
-    t = p.thresholds
-    table = Table(title=f"ONNX parity: {'PASS' if p.passed else 'FAIL'}", title_justify="left")
-    for col in ("check", "measured", "required"):
+    v, o = p.verdict, p.outputs
+    table = Table(title=f"ONNX parity at T = {p.T}: {'PASS' if p.passed else 'FAIL'} "
+                        "(every differing spike explained by float32 rounding or an earlier difference)",
+                  title_justify="left")
+    for col in ("check", "measured"):
         table.add_column(col)
-    table.add_row("logits max |Δ|", f"{p.logits_max_abs_diff:.3g}", f"≤ {t.max_logit_diff:g}")
-    table.add_row("prediction agreement", f"{p.prediction_agreement:.2%}", f"≥ {t.min_agreement:.1%}")
-    table.add_row("identical spike counts", f"{p.spike_count_identity:.2%}", f"≥ {t.min_spike_identity:.1%}")
-    table.add_row("first layer whose counts differ", p.first_differing_layer or "none", "")
-    table.add_row("accuracy PyTorch (folded twin) / ONNX", f"{p.torch_accuracy:.2%} / {p.onnx_accuracy:.2%}", "")
+    table.add_row("spikes compared (neurons × steps × samples)", f"{v.spikes_compared:,}")
+    first = v.first_explained
+    table.add_row("explained differences", f"{v.explained:,} ({v.rounding_flips:,} rounding, {v.cascade_flips:,} cascade)"
+                  + (f", first in {first.layer} at step {first.step}" if first else ""))
+    table.add_row("unexplained differences", f"{v.unexplained:,}"
+                  + (f", first: {v.first_unexplained.describe()}" if v.first_unexplained else ""))
+    table.add_row("prediction agreement", f"{o.prediction_agreement:.2%}")
+    table.add_row("logits max |Δ|", f"{o.logits_max_abs_diff:.3g}")
+    table.add_row("accuracy PyTorch (folded twin) / ONNX", f"{o.accuracy_a:.2%} / {o.accuracy_b:.2%}")
     return table
+
+
+def folding_line(f: Agreement) -> str:
+    return (f"BN folding alone (checkpoint model vs the folded PyTorch twin, float32): {f.spike_count_identity:.2%} "
+            f"identical spike counts, max |Δlogits| {f.logits_max_abs_diff:.3g}, accuracy {f.accuracy_a:.2%} / "
+            f"{f.accuracy_b:.2%}")
 
 
 def efficiency_table(report: dict) -> Table:
@@ -51,8 +63,8 @@ def energy_lines(report: dict) -> list[str]:
 
 
 def result_dict(result: EvalResult) -> dict:
-    return {"checkpoint": str(result.checkpoint), "dataset": result.dataset, "accuracy": result.accuracy,
-            "providers": result.providers,
+    return {"checkpoint": str(result.checkpoint), "dataset": result.dataset, "T": result.T,
+            "accuracy": result.accuracy, "providers": result.providers,
             "parity": None if result.parity is None else {**asdict(result.parity), "passed": result.parity.passed},
             "bn_folding": None if result.folding is None else asdict(result.folding),
             "efficiency": result.report}

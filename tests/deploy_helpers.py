@@ -1,10 +1,11 @@
-"""Builders shared by the deployment tests: tiny models whose arithmetic is exact in float32.
+"""Builders shared by the deployment tests: tiny models, exact in float32 or real-valued.
 
-Every weight, BatchNorm statistic and input is a dyadic rational with few bits, so a conv sums
-without rounding in any order and BN folding is exact, and PyTorch and onnxruntime must agree bit
-for bit: any spike-count difference is a bug, not a 1-ulp flip at the threshold. BN's running
-variance is 256, so that its ε = 1e-5 (not stored in checkpoints) vanishes below float32's ulp
-and the scale γ/16 stays dyadic.
+:func:`make_exact`: every weight, BatchNorm statistic and input is a dyadic rational with few bits,
+so a conv sums without rounding in any order and BN folding is exact, and PyTorch and onnxruntime
+must agree bit for bit: any spike-count difference is a bug, not a 1-ulp flip at the threshold.
+BN's running variance is 256, so that its ε = 1e-5 (not stored in checkpoints) vanishes below
+float32's ulp and the scale γ/16 stays dyadic. :func:`make_realistic`: real-valued weights and
+BatchNorm statistics, where float32 rounds differently on each side, as in a trained model.
 """
 from __future__ import annotations
 
@@ -43,17 +44,32 @@ def make_exact(net: SpikingNet, gain: float = 1.0) -> SpikingNet:
     return net.eval()
 
 
+@torch.no_grad()
+def make_realistic(net: SpikingNet) -> SpikingNet:
+    """PyTorch's default initialisation and random, non-trivial BatchNorm statistics, set so that
+    every layer fires, even at T = 1."""
+    for m in net.modules():
+        if isinstance(m, nn.Linear):
+            m.weight.mul_(4.0)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.uniform_(1.0, 2.0)
+            m.bias.uniform_(0.4, 1.0)
+    return net.eval()
+
+
 def exact_input(batch: int, shape: tuple[int, ...]) -> torch.Tensor:
     return dyadic(torch.randn(batch, *shape), 3)
 
 
-def model_and_checkpoint(name: str, width: float = 0.125, dataset: str = "digits",
-                         num_classes: int = 10) -> tuple[SpikingNet, dict]:
+def model_and_checkpoint(name: str, width: float = 0.125, dataset: str = "digits", num_classes: int = 10,
+                         exact: bool = True, kind: str = "static") -> tuple[SpikingNet, dict]:
     shape = SHAPES.get(name, DEFAULT_SHAPE)
     spec = ModelSpec(name, num_classes, shape[0], width=width)
-    net = make_exact(build_model(spec))
+    net = (make_exact if exact else make_realistic)(build_model(spec))
     data = {"name": dataset, "input_shape": list(shape), "class_names": [str(i) for i in range(num_classes)],
-            "kind": "static", "normalization": {}}
+            "kind": kind, "normalization": {}}
     return net, make_checkpoint(net, spec, T, data, {"model": {"name": name, "width": width}})
 
 

@@ -2,7 +2,9 @@
 failure, the report files, and one clear line (exit 2, no traceback) for every bad input."""
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +48,7 @@ def exported(run) -> Path:
 def test_eval_defaults_to_the_latest_run(run):
     result = invoke("eval")
     assert result.exit_code == 0, result.output
-    assert "digits test accuracy, PyTorch:" in result.output and "Spike efficiency" in result.output
+    assert "digits test accuracy at T = 4, PyTorch:" in result.output and "Spike efficiency" in result.output
 
 
 def test_export_then_eval_onnx_reports_parity_and_writes_the_report(run):
@@ -55,28 +57,84 @@ def test_export_then_eval_onnx_reports_parity_and_writes_the_report(run):
     assert "wrote runs/latest/model.onnx: " in result.output and "T = 4, L = 3 spiking layers, opset 18" in result.output
     result = invoke("eval", "--onnx", "runs/latest/model.onnx", "--report-dir", "report")
     assert result.exit_code == 0, result.output
-    assert "ONNX parity: PASS" in result.output and "ONNX (CPUExecutionProvider)" in result.output
+    assert "ONNX parity at T = 4: PASS" in result.output and "ONNX (CPUExecutionProvider)" in result.output
     report = json.loads(Path("report/efficiency.json").read_text())
     parity = report["parity"]
-    assert parity["spike_count_identity"] == 1.0 and parity["logits_max_abs_diff"] <= 1e-5
-    assert parity["torch_accuracy"] == parity["onnx_accuracy"] == report["accuracy"]
+    assert parity["passed"] and parity["verdict"]["unexplained"] == 0 and parity["T"] == 4
+    # 360 samples × (8·8·8 + 16·8·8 + 32·4·4 neurons at width 0.25) × 4 steps; dyadic weights: no flip
+    assert parity["verdict"]["spikes_compared"] == 360 * (512 + 1024 + 512) * 4
+    assert parity["verdict"]["rounding_flips"] == parity["verdict"]["cascade_flips"] == 0
+    assert parity["outputs"]["spike_count_identity"] == 1.0 and parity["outputs"]["logits_max_abs_diff"] <= 1e-5
+    assert parity["outputs"]["accuracy_a"] == parity["outputs"]["accuracy_b"] == report["accuracy"]
     eff = report["efficiency"]
     assert [r["name"] for r in eff["spiking_layers"]] == ["0.2", "1.2", "3.2"]
     assert eff["samples"] == 360 and eff["energy"]["fp32"]["snn_pj"] > 0
     assert Path("report/efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_an_altered_onnx_weight_fails_parity_and_names_the_first_layer_that_differs(exported):
+def test_an_altered_onnx_weight_fails_parity_and_names_where_it_starts(exported):
     model = onnx.load(exported)
     second_conv = [n for n in model.graph.node if n.op_type == "Conv"][1]
     weight = next(i for i in model.graph.initializer if i.name == second_conv.input[1])
     weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) * 1.5 + 0.05, weight.name))
     onnx.save(model, exported)
-    result = invoke("eval", "--onnx", str(exported))
+    result = invoke("eval", "--onnx", str(exported), "--report-dir", "report")
     assert result.exit_code == 1, result.output
-    assert "ONNX parity: FAIL" in result.output
-    row = next(line for line in result.output.splitlines() if "first layer whose counts differ" in line)
-    assert "1.2" in row
+    assert "ONNX parity at T = 4: FAIL" in result.output
+    first = json.loads(Path("report/efficiency.json").read_text())["parity"]["verdict"]["first_unexplained"]
+    assert (first["what"], first["layer"], first["step"]) == ("membrane", "1.2", 0)
+    assert first["difference"] > 1e3 * first["bound"]
+
+
+def set_metadata(path: Path, **props) -> Path:
+    model = onnx.load(path)
+    kept = [p for p in model.metadata_props if p.key not in props]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.helper.set_model_props(model, {**{p.key: p.value for p in kept}, **props})
+    onnx.save(model, path)
+    return path
+
+
+def test_a_foreign_metadata_key_is_tolerated(exported):
+    set_metadata(exported, **{"onnx.quant.pre_process": "onnxruntime.quant"})  # as onnxruntime's quantizer adds
+    result = invoke("eval", "--onnx", str(exported))
+    assert result.exit_code == 0, result.output
+    assert "ONNX parity at T = 4: PASS" in result.output
+
+
+def test_export_for_another_T_is_evaluated_at_that_T(run):
+    result = invoke("export", "--T", "2", "-o", "runs/latest/t2.onnx")
+    assert result.exit_code == 0, result.output
+    assert "T = 2, L = 3 spiking layers" in result.output
+    result = invoke("eval", "--onnx", "runs/latest/t2.onnx")
+    assert result.exit_code == 0, result.output
+    assert "digits test accuracy at T = 2, ONNX" in result.output and "ONNX parity at T = 2: PASS" in result.output
+
+
+def test_a_graph_that_runs_fewer_steps_than_it_claims_fails(run):
+    assert invoke("export", "--T", "2").exit_code == 0
+    set_metadata(run / "model.onnx", T="4")
+    result = invoke("eval", "--onnx", str(run / "model.onnx"), "--report-dir", "report")
+    assert result.exit_code == 1, result.output
+    first = json.loads(Path("report/efficiency.json").read_text())["parity"]["verdict"]["first_unexplained"]
+    assert (first["what"], first["layer"], first["difference"], first["bound"]) == ("steps", "0.2", 2, 4)
+
+
+def test_a_graph_with_another_decay_than_it_records_fails(run):
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    ckpt["model"]["neuron"]["decay"] = 0.5
+    torch.save(ckpt, run / "checkpoint.pt")
+    assert invoke("export").exit_code == 0  # the graph computes λ = 0.5
+    ckpt["model"]["neuron"]["decay"] = 0.2
+    torch.save(ckpt, run / "checkpoint.pt")  # ... and claims the checkpoint with λ = 0.2
+    sha = hashlib.sha256((run / "checkpoint.pt").read_bytes()).hexdigest()
+    set_metadata(run / "model.onnx", neuron=json.dumps(ckpt["model"]["neuron"]),
+                 checkpoint=json.dumps({"file": "checkpoint.pt", "sha256": sha}))
+    result = invoke("eval", "--onnx", str(run / "model.onnx"), "--report-dir", "report")
+    assert result.exit_code == 1, result.output
+    first = json.loads(Path("report/efficiency.json").read_text())["parity"]["verdict"]["first_unexplained"]
+    assert (first["what"], first["layer"], first["step"]) == ("membrane", "0.2", 1)  # step 0 has no decay
 
 
 def truncate(path: Path) -> Path:
@@ -114,6 +172,14 @@ BAD_INPUTS = {
                                  "dataset 'rgb8_for_tests' gives samples of shape (3, 8, 8) with 10 classes "
                                  "but the model expects (1, 8, 8) with 10"),
     "unsupported opset": (lambda run: ["export", "--opset", "13"], "--opset 13 is not supported"),
+    "checkpoint changed since export": (
+        lambda run: (torch.save({**torch.load(run / "checkpoint.pt", weights_only=True), "T": 8}, run / "checkpoint.pt"),
+                     ["eval", "--onnx", str(run / "model.onnx")])[1],
+        "model.onnx was exported from (its SHA-256 differs); pass that checkpoint with --checkpoint"),
+    "graph moved away from its checkpoint": (
+        lambda run: (shutil.copy(run / "model.onnx", "moved.onnx"), ["eval", "--onnx", "moved.onnx"])[1],
+        "moved.onnx was exported from checkpoint.pt, which is not beside it; pass --checkpoint"),
+    "zero steps": (lambda run: ["export", "--T", "0"], "--T 0 is not a number of time steps; give 1 or more"),
 }
 
 
@@ -131,7 +197,7 @@ def test_onnx_from_elsewhere_is_evaluated_against_a_given_checkpoint(exported):
     strip_metadata(exported)
     result = invoke("eval", "--onnx", str(exported), "--checkpoint", "runs/latest")
     assert result.exit_code == 0, result.output
-    assert "ONNX parity: PASS" in result.output
+    assert "ONNX parity at T = 4: PASS" in result.output
 
 
 @pytest.mark.slow
@@ -142,8 +208,9 @@ def test_quickstart_chain_train_export_eval(tmp_path, monkeypatch):
     result = invoke("eval", "--onnx", "runs/latest/model.onnx", "--report-dir", "report")
     assert result.exit_code == 0, result.output
     parity = json.loads(Path("report/efficiency.json").read_text())["parity"]
-    assert parity["spike_count_identity"] == 1.0 and parity["logits_max_abs_diff"] <= 1e-5
-    assert parity["onnx_accuracy"] > 0.5 and np.isclose(parity["onnx_accuracy"], parity["torch_accuracy"])
+    assert parity["passed"] and parity["verdict"]["unexplained"] == 0
+    outputs = parity["outputs"]
+    assert outputs["accuracy_b"] > 0.5 and np.isclose(outputs["accuracy_a"], outputs["accuracy_b"])
     folding = json.loads(Path("report/efficiency.json").read_text())["bn_folding"]
     assert folding["spike_count_identity"] >= 0.99  # BN folding's own float32 effect, measured
     assert "BN folding alone" in result.output

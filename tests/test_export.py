@@ -2,6 +2,7 @@
 PyTorch spike for spike; BN folding; metadata; synaptic-operation counts; import hygiene."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from snnkit.deploy.costs import topology
 from snnkit.deploy.efficiency import efficiency_report
 from snnkit.deploy.export import export_checkpoint
 from snnkit.deploy.graph import deployable, fold_batchnorm
-from snnkit.deploy.runtime import load_onnx
+from snnkit.deploy.runtime import META_KEYS, load_onnx
 from snnkit.errors import SnnkitError
 from snnkit.models import MODELS
 from snnkit.spiking import spiking_layers
@@ -107,6 +108,12 @@ def test_metadata_describes_the_model(exported):
     assert meta["input_shape"] == [1, 8, 8] and meta["class_names"] == ckpt["data"]["class_names"]
     assert meta["neuron"] == ckpt["model"]["neuron"] and meta["dataset"] == "digits"
     assert len(meta["config_hash"]) == 16 and meta["snnkit_version"]
+    # the checkpoint by name and content, never by an absolute path
+    checkpoint = result.path.parent / "checkpoint.pt"
+    assert meta["checkpoint"] == {"file": "checkpoint.pt", "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
+    props = {p.key: p.value for p in onnx.load(result.path).metadata_props}
+    assert set(props) == set(META_KEYS) and not any(str(result.path.parent) in v for v in props.values())
+    assert meta["computed_once"] == ["0.0", "0.1"]  # the first conv (and its folded BN) once per sample
     # digits_convnet at width 0.125: 4, 8, 16 channels; fan-out per spike = MACs fed / neurons
     assert meta["fan_out"] == [8 * 9, 16 * 9 / 4, 10 / 4]
     assert (result.T, result.layers, result.opset) == (T, 3, 18)
@@ -174,6 +181,9 @@ def test_event_data_goes_in_time_major_with_a_dynamic_batch(tmp_path):
             ref = net(x_seq)
         np.testing.assert_array_equal(counts, ref.spike_counts.numpy())
         assert np.abs(logits - ref.logits.numpy()).max() <= 1e-5
+    with pytest.raises(SnnkitError, match=r"--T 2 does not fit event data, which gives one frame per step: "
+                                          r"this model's data has 4 frames per sample, so export it at T = 4"):
+        export_checkpoint(tmp_path, tmp_path / "t2.onnx", T=2)
 
 
 def test_efficiency_report_by_hand():

@@ -1,0 +1,106 @@
+"""Export and parity on every registered model: exporter time, node counts, the parity verdict.
+
+    python bench/deploy_check.py [--T 4] [--width 1.0] [--samples 32] [--exporters torchscript dynamo]
+                                 [--models resnet18 ...] [--out bench/results/deploy_check.json]
+
+For each model (random weights with non-trivial BatchNorm statistics, as the tests build them:
+``tests/deploy_helpers.make_realistic``; CIFAR-shaped 3×32×32 input, digits 1×8×8, vggsnn 2×48×48)
+and exporter: the export time, the node count of the raw export and after onnxslim, and the
+parity verdict of the simplified graph in onnxruntime (ORT_ENABLE_ALL and ORT_DISABLE_ALL) on
+``--samples`` random inputs: explained (rounding, cascade) and unexplained differences. The dynamo
+exporter needs ``pip install onnxscript``. Writes JSON and prints a table.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from snnkit.deploy.costs import topology
+from snnkit.deploy.evaluate import check_graph
+from snnkit.deploy.export import simplified, trace
+from snnkit.deploy.graph import deployable
+from snnkit.deploy.runtime import load_onnx
+from snnkit.files import atomic_write
+from snnkit.models import MODELS, ModelSpec, build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from deploy_helpers import make_realistic  # noqa: E402
+
+SHAPES = {"digits_convnet": (1, 8, 8), "vggsnn": (2, 48, 48)}
+LEVELS = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+
+
+def check_model(name: str, T: int, width: float, samples: int, exporters: list[str], tmp: Path) -> list[dict]:
+    shape = SHAPES.get(name, (3, 32, 32))
+    torch.manual_seed(0)
+    net = make_realistic(build_model(ModelSpec(name, 10, shape[0], width=width)))
+    graph = deployable(net, T, "static", probes=True)
+    x = torch.randn(samples, *shape, generator=torch.Generator().manual_seed(1))
+    rows = []
+    for exporter in exporters:
+        start = time.perf_counter()
+        with torch.no_grad():
+            raw = trace(graph, x[:2], 18, dynamo=exporter == "dynamo")
+        exported = time.perf_counter()
+        model = simplified(raw)
+        slimmed = time.perf_counter()
+        path = tmp / f"{name}-{exporter}.onnx"
+        onnx.save(model, path)
+        row = {"model": name, "exporter": exporter, "T": T, "width": width, "input": list(shape),
+               "export_s": exported - start, "simplify_s": slimmed - exported,
+               "nodes_raw": len(raw.graph.node), "nodes": len(model.graph.node)}
+        for level, opt in LEVELS.items():
+            options = ort.SessionOptions()
+            options.graph_optimization_level = opt
+            runtime = load_onnx(path, ["CPUExecutionProvider"], options)
+            twin, got, verdict = check_graph(runtime, graph, [(x, torch.zeros(samples, dtype=torch.long))],
+                                             sum(topology(net, shape).neurons))
+            row[level] = {"passed": verdict.passed, "rounding_flips": verdict.rounding_flips,
+                          "cascade_flips": verdict.cascade_flips, "unexplained": verdict.unexplained,
+                          "first_explained": None if verdict.first_explained is None
+                          else f"{verdict.first_explained.layer}@{verdict.first_explained.step}",
+                          "prediction_agreement": float((twin.logits.argmax(1) == got.logits.argmax(1)).mean())}
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--T", type=int, default=4)
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--samples", type=int, default=32)
+    parser.add_argument("--exporters", nargs="+", default=["torchscript"], choices=["torchscript", "dynamo"])
+    parser.add_argument("--models", nargs="+", default=MODELS.names(), choices=MODELS.names())
+    parser.add_argument("--out", type=Path, default=Path("bench/results/deploy_check.json"))
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [r for m in args.models for r in check_model(m, args.T, args.width, args.samples, args.exporters,
+                                                              Path(tmp))]
+    env = {"torch": torch.__version__, "onnxruntime": ort.__version__, "threads": torch.get_num_threads()}
+    atomic_write(args.out, json.dumps({"env": env, "results": rows}, indent=2).encode())
+    table = Table(title=f"export and parity, T = {args.T}, width {args.width}, {args.samples} samples; "
+                        "parity: explained (rounding + cascade) / unexplained differences")
+    for col in ("model", "exporter", "export s", "nodes raw", "nodes", "ORT all", "ORT none"):
+        table.add_column(col, justify="left" if col in ("model", "exporter") else "right")
+    for r in rows:
+        verdicts = [f"{'PASS' if v['passed'] else 'FAIL'} {v['rounding_flips']}+{v['cascade_flips']} / "
+                    f"{v['unexplained']}" for v in (r["all"], r["none"])]
+        table.add_row(r["model"], r["exporter"], f"{r['export_s'] + r['simplify_s']:.1f}", str(r["nodes_raw"]),
+                      str(r["nodes"]), *verdicts)
+    console = Console()
+    console.print(table)
+    console.print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

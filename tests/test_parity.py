@@ -1,0 +1,239 @@
+"""Parity that explains every differing spike: it passes every registered model at every T, input
+kind and onnxruntime optimisation level, and fails a graph whose weights, steps or decay differ."""
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from deploy_helpers import DEFAULT_SHAPE, SHAPES, exact_input, model_and_checkpoint
+from snnkit.checkpoint import atomic_save
+from snnkit.deploy.costs import topology
+from snnkit.deploy.evaluate import check_graph, evaluate
+from snnkit.deploy.export import check_forward, export_checkpoint
+from snnkit.deploy.graph import TimeUnrolled, deployable
+from snnkit.deploy.parity import MODULES, Bound, Observed, gamma, verify
+from snnkit.deploy.runtime import load_onnx
+from snnkit.models import MODELS
+from snnkit.spiking import SpikingNet, spiking_layers
+
+LEVELS = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+BATCH = 3
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """Exported files, shared across tests: a file is stateless, so each (model, T, kind) is exported
+    once. Returns ``get(name, T, kind) -> (net, path)``; the net is only read."""
+    cache: dict[tuple, tuple[SpikingNet, Path]] = {}
+
+    def get(name: str, T: int, kind: str) -> tuple[SpikingNet, Path]:
+        if (name, T, kind) not in cache:
+            torch.manual_seed(0)
+            net, ckpt = model_and_checkpoint(name, exact=False, kind=kind)
+            ckpt["T"] = T
+            run = tmp_path_factory.mktemp(f"{name}-{T}-{kind}")
+            atomic_save(ckpt, run / "checkpoint.pt")
+            cache[name, T, kind] = net, export_checkpoint(run).path
+        return cache[name, T, kind]
+
+    return get
+
+
+def inputs(name: str, T: int, kind: str, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    shape = SHAPES.get(name, DEFAULT_SHAPE)
+    return torch.randn(BATCH, *shape, generator=g) if kind == "static" else torch.randn(T, BATCH, *shape, generator=g)
+
+
+def judge(net: SpikingNet, path: Path, T: int, kind: str, x: torch.Tensor, level: str = "all"):
+    """(twin predictions, graph predictions, verdict) of the graph at ``path`` on ``x``."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = LEVELS[level]
+    model = load_onnx(path, ["CPUExecutionProvider"], options)
+    twin = deployable(net, T, kind, probes=True)
+    labels = torch.zeros(BATCH, dtype=torch.long)
+    batch = x if kind == "static" else x.transpose(0, 1)  # the loader's layout: event [B, T, ...]
+    return check_graph(model, twin, [(batch, labels)], neurons=1)
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("kind", ["static", pytest.param("event", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("T", [pytest.param(1, marks=pytest.mark.slow), 4, pytest.param(8, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_model_passes_parity_at_every_T_input_kind_and_optimisation_level(exports, name, T, kind, level):
+    net, path = exports(name, T, kind)
+    twin, graph, verdict = judge(net, path, T, kind, inputs(name, T, kind), level)
+    assert verdict.passed, verdict.first_unexplained.describe()
+    assert verdict.spikes_compared == BATCH * T * sum(topology(net, SHAPES.get(name, DEFAULT_SHAPE)).neurons)
+    assert (graph.spike_counts.sum(0) > 0).all(), "every layer should fire, or the check is empty"
+    np.testing.assert_array_equal(twin.logits.argmax(1), graph.logits.argmax(1))
+
+
+def edited(path: Path, out: Path, edit) -> Path:
+    model = onnx.load(path)
+    edit(model)
+    onnx.save(model, out)
+    return out
+
+
+def weights_of(model: onnx.ModelProto, which: str) -> onnx.TensorProto:
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    node = {"first conv": convs[0], "middle conv": convs[len(convs) // 2],
+            "classifier": [n for n in model.graph.node if n.op_type == "Gemm"][-1]}[which]
+    return next(i for i in model.graph.initializer if i.name == node.input[1])
+
+
+def scaled(which: str, factor: float):
+    def edit(model: onnx.ModelProto) -> None:
+        w = weights_of(model, which)
+        w.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(w) * np.float32(factor), w.name))
+    return edit
+
+
+def one_nan(model: onnx.ModelProto) -> None:
+    w = weights_of(model, "middle conv")
+    array = onnx.numpy_helper.to_array(w).copy()
+    array.flat[0] = np.nan
+    w.CopyFrom(onnx.numpy_helper.from_array(array, w.name))
+
+
+TAMPERS = {"first conv ×1.01": scaled("first conv", 1.01), "middle conv ×1.01": scaled("middle conv", 1.01),
+           "classifier ×1.01": scaled("classifier", 1.01), "one NaN weight": one_nan}
+
+
+@pytest.mark.parametrize("tamper", TAMPERS)
+@pytest.mark.parametrize("name", MODELS.names())
+def test_a_graph_with_altered_weights_fails(exports, tmp_path, name, tamper):
+    net, path = exports(name, 4, "static")
+    bad = edited(path, tmp_path / "bad.onnx", TAMPERS[tamper])
+    _, _, verdict = judge(net, bad, 4, "static", inputs(name, 4, "static"))
+    assert not verdict.passed
+    expected = {"classifier ×1.01": "logits", "one NaN weight": "weights"}.get(tamper, "membrane")
+    assert verdict.first_unexplained.what == expected
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_a_graph_with_another_decay_or_fewer_steps_fails(exports, name):
+    net, path = exports(name, 4, "static")
+    slower = copy.deepcopy(net)
+    for lif in spiking_layers(slower.body):
+        lif.neuron = replace(lif.neuron, decay=0.5)
+    x = inputs(name, 4, "static")
+    _, _, verdict = judge(slower, path, 4, "static", x)
+    assert not verdict.passed and verdict.first_unexplained.step == 1  # step 0 does not see the decay
+    _, short = exports(name, 1, "static")
+    _, _, verdict = judge(net, short, 4, "static", x)
+    assert not verdict.passed
+    assert verdict.first_unexplained.describe() == f"the graph runs 1 steps in {net.layer_names()[0]} but claims T = 4"
+
+
+def observed_from(twin: TimeUnrolled, x: torch.Tensor) -> Observed:
+    """A PyTorch twin's run as a graph's (its probes in the order of ``probe_names``)."""
+    with torch.no_grad():
+        logits, counts, *probed = twin(x)
+    u, s = iter(probed[0::2]), iter(probed[1::2])
+    membranes = {layer: torch.stack([next(u) for _ in range(twin.T)]) for layer in twin.layer_names}
+    spikes = {layer: torch.stack([next(s) for _ in range(twin.T)]) for layer in twin.layer_names}
+    return Observed(logits, counts, membranes, spikes)
+
+
+@pytest.fixture
+def at_threshold() -> tuple[TimeUnrolled, TimeUnrolled, torch.Tensor]:
+    """(twin, graph, x): digits_convnet with exact arithmetic where one first-layer neuron's current
+    is exactly V_th = 1 (it fires, H(0) = 1), and a 'graph' whose bias is one ulp lower there, as
+    another summation order may round: that neuron does not fire at step 0."""
+    net, _ = model_and_checkpoint("digits_convnet")
+    x = exact_input(3, (1, 8, 8))
+    twin = deployable(net, 4, "static", probes=True)
+    conv = twin.body.get_submodule("0.0")
+    with torch.no_grad():
+        synapses = twin(x)[2][0, 0] - conv.bias[0]  # sample 0, channel 0, step 0
+        i = int(((synapses > 0) & (synapses <= 0.5)).flatten().nonzero()[0])
+        conv.bias[0] = 1.0 - synapses.flatten()[i]  # in [0.5, 1): its ulp is 2⁻²⁴
+        assert twin(x)[2][0, 0].flatten()[i] == 1.0
+        graph = copy.deepcopy(twin)
+        graph.body.get_submodule("0.0").bias[0] -= 2.0 ** -24
+        assert graph(x)[3][0, 0].flatten()[i] == 0.0
+    return twin, graph, x
+
+
+def test_a_flip_one_ulp_from_the_threshold_is_explained_and_so_is_its_cascade(at_threshold):
+    twin, graph, x = at_threshold
+    verdict = verify(twin, x, observed_from(graph, x)).verdict
+    assert verdict.passed, verdict.first_unexplained.describe()
+    assert verdict.rounding_flips == 1 and verdict.cascade_flips > 0
+    assert (verdict.first_explained.layer, verdict.first_explained.step) == ("0.2", 0)
+
+
+def test_the_verdict_adds_up_over_samples(at_threshold):
+    twin, graph, x = at_threshold
+    whole = verify(twin, x, observed_from(graph, x)).verdict
+    parts = [verify(twin, x[i:i + 1], observed_from(graph, x[i:i + 1])).verdict for i in range(len(x))]
+    merged = parts[0].merge(parts[1]).merge(parts[2])
+    assert whole == merged and whole.explained > 0 and parts[1].explained == parts[2].explained == 0
+
+
+@torch.no_grad()
+def test_rounding_bounds_by_hand():
+    fc = nn.Linear(2, 1)
+    fc.weight.copy_(torch.tensor([[1.0, -2.0]]))
+    fc.bias.fill_(0.5)
+    y = MODULES[nn.Linear](fc, Bound.exact(torch.tensor([[3.0, 4.0]])))
+    assert float(y.value) == -4.5 and float(y.cascade) == 0
+    assert float(y.rounding) == pytest.approx(2 * gamma(3) * (3 + 8 + 0.5))  # 2 products + bias
+    conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
+    conv.weight.fill_(-1.0)
+    flips = torch.zeros(1, 1, 3, 3)
+    flips[0, 0, 0, 0] = 1.0  # one spike differed in the corner
+    y = MODULES[nn.Conv2d](conv, Bound(torch.ones(1, 1, 3, 3), torch.zeros(1, 1, 3, 3), flips))
+    # padding is not a synapse: a corner output sums 4 inputs, the centre 9
+    assert y.rounding[0, 0, 0, 0] == pytest.approx(2 * gamma(10) * (4 + 1)) and y.rounding[0, 0, 1, 1] == pytest.approx(2 * gamma(10) * 10)
+    assert y.cascade[0, 0].tolist() == [[1, 1, 0], [1, 1, 0], [0, 0, 0]]  # the flip reaches its neighbours
+
+
+@pytest.fixture(scope="module")
+def trained_digits(tmp_path_factory) -> Path:
+    """The digits recipe trained for 2 epochs and exported: a real model's weights and statistics."""
+    from snnkit.config import resolve_config
+    from snnkit.training import train
+
+    out = tmp_path_factory.mktemp("trained")
+    run = train(resolve_config(None, ["optim.epochs=2", f"run.out_dir={out}", "run.name=digits"])).run_dir
+    export_checkpoint(run)
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", LEVELS)
+def test_the_trained_digits_model_passes_parity(trained_digits, level):
+    options = ort.SessionOptions()
+    options.graph_optimization_level = LEVELS[level]
+    model = load_onnx(trained_digits / "model.onnx", ["CPUExecutionProvider"], options)
+    result = evaluate(model=model)
+    assert result.parity.passed, result.parity.verdict.first_unexplained.describe()
+    assert result.parity.verdict.spikes_compared == 360 * 4 * (32 * 64 + 64 * 64 + 128 * 16)
+    assert result.accuracy > 0.8 and result.parity.outputs.prediction_agreement > 0.99
+
+
+@pytest.mark.parametrize("name", ["digits_convnet", "resnet18"])
+def test_the_graph_has_at_most_half_the_nodes_it_had(exports, name):
+    """334 (digits) and 1674 (resnet18) nodes at T = 4 before onnxslim and the once-per-sample stem."""
+    _, path = exports(name, 4, "static")
+    assert len(onnx.load(path).graph.node) <= {"digits_convnet": 334, "resnet18": 1674}[name] // 2
+
+
+def test_the_check_after_export_fails_on_an_altered_file(exports, tmp_path):
+    net, path = exports("digits_convnet", 4, "static")
+    x = inputs("digits_convnet", 4, "static")
+    graph = deployable(net, 4, "static", probes=True)
+    for tamper in ("middle conv ×1.01", "one NaN weight"):
+        with pytest.raises(RuntimeError, match="onnxruntime disagrees with PyTorch right after export"):
+            check_forward(edited(path, tmp_path / "bad.onnx", TAMPERS[tamper]), graph, x)
