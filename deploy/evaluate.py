@@ -141,19 +141,23 @@ def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path]
     T, kind, input_shape = int(ckpt["T"]), ckpt["data"]["kind"], tuple(ckpt["data"]["input_shape"])
     topo = topology(net, input_shape)
     batches = evaluation_batches(ckpt, data_root, batch_size)
-    ref = predict_torch(net, batches, T, kind)
+    twin = deployable(net, T, kind).eval()  # the graph's PyTorch twin: same folded weights
+    describe = dict(runs_once=twin.once_per_sample, model=ckpt["model"]["name"], dataset=ckpt["data"]["name"])
     if model is None:
+        with topo.tally(net.body, T) as tally:
+            ref = predict_torch(net, batches, T, kind)
         return EvalResult(Path(ckpt_path), ckpt["data"]["name"], ref.accuracy,
-                          efficiency_report(topo, ref.spike_counts, T, kind))
+                          efficiency_report(topo, tally, **describe))
+    ref = predict_torch(net, batches, T, kind)
     check_match(model, topo, T)
     got = predict_graph(lambda x: model.run(x.numpy()), batches, T, kind)
     # Folding BN rounds differently from conv-then-BN in float32, so a neuron within an ulp of its
     # threshold may flip: parity gates on the exported arithmetic (the graph against its PyTorch
     # twin); what folding alone changes is measured against the checkpoint's model and reported.
-    twin = deployable(net, T, kind).eval()
-    with torch.no_grad():
+    # The twin's run also counts the graph's operations, position by position.
+    with torch.no_grad(), topo.tally(twin.body, T) as tally:
         folded = predict_graph(lambda x: tuple(t.numpy() for t in twin(x)), batches, T, kind)
     return EvalResult(Path(ckpt_path), ckpt["data"]["name"], got.accuracy,
-                      efficiency_report(topo, got.spike_counts, T, kind),
+                      efficiency_report(topo, tally, **describe),
                       parity(folded, got, topo.layer_names, thresholds),
                       parity(ref, folded, topo.layer_names, thresholds), model.providers)
