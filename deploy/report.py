@@ -11,7 +11,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import EngFormatter
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from .efficiency import ENERGY_PJ
 from .evaluate import EvalResult, Parity
@@ -32,31 +34,36 @@ def parity_table(p: Parity) -> Table:
 
 
 def sources_text(row: dict) -> str:
-    """"spikes: lif1", "spike counts: lif3+lif5", "spike counts: lif20 +5 more", or "analog"."""
+    """"spikes of lif1", "spike counts of lif3+lif5", "spike counts of lif20 +5 more", or "analog"."""
     names = [label.split(" ")[0] for label in row["sources"]]
     if not names:
         return row["fed_by"]
-    shown = "+".join(names) if len(names) <= 3 else f"{names[0]} +{len(names) - 1} more"
-    return f"{row['fed_by']}: {shown}"
+    return f"{row['fed_by']} of " + ("+".join(names) if len(names) <= 3 else f"{names[0]} +{len(names) - 1} more")
 
 
-def efficiency_table(report: dict) -> Table:
-    table = Table(title=f"Spike efficiency per sample: {report['model']} on {report['dataset']}, T = {report['T']}, "
-                        f"{report['samples']} samples", title_justify="left")
-    for col in ("layer", "fed by", "firing rate", "spikes", "runs", "accumulates", "MACs", "ANN MACs"):
-        table.add_column(col, justify="left" if col in ("layer", "fed by") else "right")
+def efficiency_table(report: dict) -> Group:
+    """A heading, then two tables: the spiking layers, and the synaptic layers with their operations."""
+    heading = Text(f"Spike efficiency per sample: {report['model']} on {report['dataset']}, T = {report['T']}, "
+                   f"{report['samples']} samples", style="italic")
+    spiking = Table()
+    for col in ("spiking layer", "firing rate", "spikes"):
+        spiking.add_column(col, justify="left" if col == "spiking layer" else "right")
     for r in report["spiking_layers"]:
-        table.add_row(r["label"], "", f"{r['firing_rate']:.3f}", f"{r['spikes_per_sample']:,.0f}", "", "", "", "")
-    table.add_section()
+        spiking.add_row(r["label"], f"{r['firing_rate']:.3f}", f"{r['spikes_per_sample']:,.0f}")
+    spiking.add_section()
+    spiking.add_row("total", f"{report['firing_rate']:.3f}", f"{report['spikes_per_sample']:,.0f}")
+    synaptic = Table()
+    for col in ("synaptic layer", "fed by", "accumulates", "MACs", "ANN MACs"):
+        synaptic.add_column(col, justify="left" if col in ("synaptic layer", "fed by") else "right")
     for r in report["synaptic_layers"]:
-        table.add_row(r["label"], sources_text(r), "", "", str(r["runs_per_sample"]),
-                      f"{r['acs_per_sample']:,.0f}" if r["fed_by"] != "analog" else "",
-                      f"{r['macs_per_sample']:,.0f}" if r["fed_by"] == "analog" else "", f"{r['ann_macs']:,}")
-    table.add_section()
-    table.add_row("total", "", f"{report['firing_rate']:.3f}", f"{report['spikes_per_sample']:,.0f}", "",
-                  f"{report['acs_per_sample']:,.0f}", f"{report['macs_per_sample']:,.0f}",
-                  f"{report['ann_macs_per_sample']:,}")
-    return table
+        analog = r["fed_by"] == "analog"
+        synaptic.add_row(r["label"], sources_text(r), "" if analog else f"{r['acs_per_sample']:,.0f}",
+                         f"{r['macs_per_sample']:,.0f} ({r['runs_per_sample']} runs)" if analog else "",
+                         f"{r['ann_macs']:,}")
+    synaptic.add_section()
+    synaptic.add_row("total", "", f"{report['acs_per_sample']:,.0f}", f"{report['macs_per_sample']:,.0f}",
+                     f"{report['ann_macs_per_sample']:,}")
+    return Group(heading, spiking, synaptic)
 
 
 def energy_lines(report: dict) -> list[str]:
@@ -114,10 +121,10 @@ def chart(report: dict, preset: str = "fp32") -> Figure:
     energy_ax.set_ylim(len(names) - 0.5, -0.5)
     energy_ax.set(xscale="log", xlabel=f"energy per sample (pJ, {preset}, 45 nm, log scale)")
     energy_ax.set_title("synaptic layers: energy, SNN vs ANN", fontsize=10)
-    energy_ax.legend(handles=[Line2D([], [], ls="", marker="o", color="tab:orange", label="SNN, accumulates"),
+    fig.legend(handles=[Line2D([], [], ls="", marker="o", color="tab:orange", label="SNN, accumulates"),
                               Line2D([], [], ls="", marker="o", color="tab:gray", label="SNN, MACs (analog input)"),
                               Line2D([], [], ls="", marker="D", color="tab:purple", label="ANN, MACs")],
-                     fontsize=7, loc="best")
+               fontsize=8, loc="outside lower right", ncol=3)
     e = report["energy"][preset]
     fig.suptitle(f"{report['model']} on {report['dataset']}, T = {report['T']}: energy per sample SNN "
                  f"{e['snn_pj'] / 1e6:.3g} µJ vs ANN {e['ann_pj'] / 1e6:.3g} µJ (SNN/ANN {e['snn_over_ann']:.2f}, "
