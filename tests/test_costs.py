@@ -172,8 +172,8 @@ def test_preactivation_block_spike_fed_convs_and_analog_stream():
         by_hand(spikes["1.residual.0"], fans(4, stride=2), fans(4, stride=2), 4, batch), rel=1e-12)
     assert layer(report, "1.residual.4")["acs_per_sample"] == pytest.approx(
         by_hand(spikes["1.residual.3"], fans(2), fans(2), 4, batch), rel=1e-12)
-    assert [(layer(report, n)["macs_per_sample"], layer(report, n)["ann_macs"]) for n in ("0", "1.shortcut.0", "3")] == [
-        (T * 200, 200), (T * 4 * 2 * 4, 32), (T * 16 * 3, 48)]
+    analog = [layer(report, n) for n in ("0", "1.shortcut.0", "3")]
+    assert [(r["macs_per_sample"], r["ann_macs"]) for r in analog] == [(T * 200, 200), (T * 32, 32), (T * 48, 48)]
     e_ac, e_mac = 0.9, 4.6
     energy = report["energy"]["fp32"]
     assert energy["snn_pj"] == pytest.approx(e_ac * report["acs_per_sample"] + e_mac * report["macs_per_sample"])
