@@ -104,14 +104,18 @@ def test_stride_counts_the_windows_a_position_falls_in():
     assert layer(report, "1")["acs_per_sample"] == T * 3 * (1 + 4 + 1 + 2)
 
 
-def test_average_pooling_charges_each_spike_the_full_fan_out():
-    """Two spikes in one 2×2 window make a count of 2 at the pooled position: 2 × its fan-out
-    (4 positions × 2 channels on the 2×2 map), not a quarter of it."""
-    body = nn.Sequential(LIF(NEURON), nn.AvgPool2d(2), nn.Conv2d(1, 2, 3, padding=1))
+@pytest.mark.parametrize("pool, fed_by, source, units", [
+    (nn.AvgPool2d(2), COUNTS, "lif1 (0)", 2 + 1),  # a count of 2 costs twice the fan-out, not a quarter
+    (nn.MaxPool2d(2), SPIKES, "maxpool1 (1)", 1 + 1),  # max pooling selects: one spike per window
+], ids=["average", "max"])
+def test_pooling_into_a_conv(pool, fed_by, source, units):
+    """Spikes at (0, 0) and (1, 1) share the first 2×2 window, (3, 2) is alone in another; each
+    pooled position drives 4 positions × 2 channels of the 3×3 conv on the 2×2 map."""
+    body = nn.Sequential(LIF(NEURON), pool, nn.Conv2d(1, 2, 3, padding=1))
     _, report, _ = run(body, firing_at([(0, 0), (1, 1), (3, 2)]))
     conv = layer(report, "2")
-    assert (conv["fed_by"], conv["sources"]) == (COUNTS, ("lif1 (0)",))
-    assert conv["acs_per_sample"] == T * (2 + 1) * 4 * 2
+    assert (conv["fed_by"], conv["sources"]) == (fed_by, (source,))
+    assert conv["acs_per_sample"] == T * units * 4 * 2
 
 
 def test_global_average_pooling_into_the_classifier():
@@ -127,15 +131,6 @@ def test_adaptive_sum_pool_sums_uneven_windows():
     expected = torch.stack([torch.stack([x[..., r0:r1, c0:c1].sum((-2, -1)) for c0, c1 in cols], -1)
                             for r0, r1 in rows], -2)
     torch.testing.assert_close(adaptive_sum_pool(pool, x), expected)
-
-
-def test_max_pooling_of_spikes_is_a_spike():
-    """Two spikes in one window leave one spike: max pooling selects, so it is a spike source."""
-    body = nn.Sequential(LIF(NEURON), nn.MaxPool2d(2), nn.Conv2d(1, 2, 3, padding=1))
-    _, report, _ = run(body, firing_at([(0, 0), (1, 1), (3, 2)]))
-    conv = layer(report, "2")
-    assert (conv["fed_by"], conv["sources"]) == (SPIKES, ("maxpool1 (1)",))
-    assert conv["acs_per_sample"] == T * (1 + 1) * 4 * 2
 
 
 def test_sew_residual_addition_counts_both_spike_trains():
