@@ -119,6 +119,11 @@ class Topology:
         """Spiking layers, in spike-count column order."""
         return [s.name for s in self.spiking]
 
+    @property
+    def neurons(self) -> list[int]:
+        """Per sample, per spiking layer."""
+        return [s.neurons for s in self.spiking]
+
     def as_dict(self) -> dict:
         return {"spiking": [asdict(s) for s in self.spiking], "synaptic": [asdict(s) for s in self.synaptic]}
 

@@ -3,12 +3,13 @@
 Operations come from :class:`~snnkit.deploy.costs.Topology` and a :class:`~snnkit.deploy.costs.Tally`
 of one evaluation run: a layer fed spikes or spike counts costs its exact accumulates (ACs); a layer
 fed analog values costs one multiply-accumulate (MAC) per real synapse each time the graph computes
-it (``runs_once`` names those it computes once per sample, the others run at every step). Energy
+it (``computed_once`` names those it computes once per sample, the others run at every step). Energy
 uses the 45 nm figures of Horowitz (ISSCC 2014).
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Collection
 
 from .costs import ANALOG, Tally, Topology
 
@@ -55,7 +56,7 @@ class SynapseRow:
         return self.acs_per_sample * e_ac + self.macs_per_sample * e_mac
 
 
-def efficiency_report(topo: Topology, tally: Tally, runs_once: frozenset[str] = frozenset(),
+def efficiency_report(topo: Topology, tally: Tally, computed_once: Collection[str] = (),
                       model: str = "", dataset: str = "") -> dict:
     """The report of one run as plain, JSON-ready data."""
     T, samples = tally.T, tally.samples
@@ -66,7 +67,7 @@ def efficiency_report(topo: Topology, tally: Tally, runs_once: frozenset[str] = 
     acs = topo.accumulates(tally)
     synaptic = []
     for s in topo.synaptic:
-        runs = 1 if s.name in runs_once else T
+        runs = 1 if s.name in computed_once else T
         analog = s.fed_by == ANALOG
         synaptic.append(SynapseRow(s.name, s.label, s.fed_by, s.sources, runs, 0.0 if analog else acs[s.name],
                                    float(s.synapses * runs) if analog else 0.0, s.synapses))

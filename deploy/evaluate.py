@@ -142,7 +142,7 @@ def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path]
     topo = topology(net, input_shape)
     batches = evaluation_batches(ckpt, data_root, batch_size)
     twin = deployable(net, T, kind).eval()  # the graph's PyTorch twin: same folded weights
-    describe = dict(runs_once=twin.once_per_sample, model=ckpt["model"]["name"], dataset=ckpt["data"]["name"])
+    describe = dict(computed_once=twin.computed_once, model=ckpt["model"]["name"], dataset=ckpt["data"]["name"])
     if model is None:
         with topo.tally(net.body, T) as tally:
             ref = predict_torch(net, batches, T, kind)

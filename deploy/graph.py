@@ -79,12 +79,8 @@ class TimeUnrolled(nn.Module):
     def __init__(self, body: nn.Module, T: int, kind: str):
         super().__init__()
         self.body, self.T, self.kind = body, T, kind
-
-    @property
-    def once_per_sample(self) -> frozenset[str]:
-        """Names of the body's modules this graph computes once per sample; every other module runs at
-        each of the T steps. None yet: a static input is repeated T times before the first layer."""
-        return frozenset()
+        # modules run once per sample, not T times: none yet, a static input is repeated T times first
+        self.computed_once: tuple[str, ...] = ()
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x_seq = x.unsqueeze(0).repeat(self.T, *(1,) * x.dim()) if self.kind == "static" else x  # [T, B, ...]

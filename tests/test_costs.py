@@ -24,7 +24,7 @@ from snnkit.spiking import LIF, SpikingNet
 NEURON = NeuronParams()
 
 
-def run(body: nn.Module, x: torch.Tensor, runs_once=frozenset()):
+def run(body: nn.Module, x: torch.Tensor, computed_once=()):
     """Count ``body`` on the static input ``x`` [B, ...] at T steps -> (topology, report, spikes of
     each LIF layer [T·B, ...] by name)."""
     net = SpikingNet(body).eval()
@@ -36,7 +36,7 @@ def run(body: nn.Module, x: torch.Tensor, runs_once=frozenset()):
         net(x.unsqueeze(0).repeat(T, *(1,) * x.dim()))
     for h in hooks:
         h.remove()
-    return topo, efficiency_report(topo, tally, runs_once, "test", "hand"), spikes
+    return topo, efficiency_report(topo, tally, computed_once, "test", "hand"), spikes
 
 
 def layer(report: dict, name: str) -> dict:
@@ -180,7 +180,7 @@ def test_an_analog_layer_the_graph_computes_once_costs_its_macs_once():
     body = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), LIF(NEURON), nn.Flatten(), nn.Linear(32, 3))
     x = torch.rand(2, 1, 4, 4)
     _, every_step, _ = run(body, x)
-    _, once, _ = run(body, x, runs_once=frozenset({"0"}))
+    _, once, _ = run(body, x, computed_once=("0",))
     assert (layer(every_step, "0")["runs_per_sample"], layer(once, "0")["runs_per_sample"]) == (T, 1)
     assert layer(every_step, "0")["macs_per_sample"] == T * layer(once, "0")["macs_per_sample"] == T * 200
     assert layer(once, "3")["acs_per_sample"] == layer(every_step, "3")["acs_per_sample"]
@@ -189,7 +189,7 @@ def test_an_analog_layer_the_graph_computes_once_costs_its_macs_once():
 @pytest.mark.parametrize("kind", ["static", "event"])
 @pytest.mark.parametrize("name", MODELS.names())
 def test_the_graph_runs_each_analog_layer_as_often_as_it_says(name, kind):
-    """``once_per_sample`` is what the counting trusts: every analog-fed layer of the deployable
+    """``computed_once`` is what the counting trusts: every analog-fed layer of the deployable
     graph must process B rows if it is listed there and T·B rows otherwise."""
     net, ckpt = model_and_checkpoint(name)
     shape, batch = tuple(ckpt["data"]["input_shape"]), 2
@@ -203,7 +203,7 @@ def test_the_graph_runs_each_analog_layer_as_often_as_it_says(name, kind):
         graph(x if kind == "static" else x.unsqueeze(0).repeat(T, 1, 1, 1, 1))
     for h in hooks:
         h.remove()
-    assert rows == {n: batch * (1 if n in graph.once_per_sample else T) for n in analog}
+    assert rows == {n: batch * (1 if n in graph.computed_once else T) for n in analog}
 
 
 def test_an_unknown_operation_on_spikes_is_charged_as_analog_and_logged(caplog):
