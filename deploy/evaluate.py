@@ -20,7 +20,7 @@ from snnkit.data import encode, load_dataset
 from snnkit.errors import DataError, SnnkitError
 from snnkit.spiking import SpikingNet
 
-from .costs import topology
+from .costs import Tally, Topology, topology
 from .efficiency import efficiency_report
 from .export import file_sha256
 from .graph import PROBE, TimeUnrolled, deployable
@@ -124,6 +124,16 @@ def check_graph(model: OnnxModel, twin: TimeUnrolled, batches: Batches,
     return predictions(ref_out), predictions(got_out), verdict
 
 
+@torch.no_grad()
+def count_operations(topo: Topology, twin: TimeUnrolled, batches: Batches) -> Tally:
+    """The twin's spikes, position by position, over the batches the graph ran (parity's bound
+    interpreter does not call the modules, so the count is a plain run of its own)."""
+    with topo.tally(twin.body, twin.T) as tally:
+        for x, _ in batches:
+            twin(graph_input(x, twin.T, twin.kind))
+    return tally
+
+
 def evaluation_batches(ckpt: dict, root: Optional[str], batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The test split of the dataset the checkpoint was trained on, checked against the model."""
     data = ckpt["data"]
@@ -180,13 +190,15 @@ def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path]
     topo = topology(net, input_shape)
     T = graph_steps(model, topo.layer_names) if model is not None else int(ckpt["T"])
     batches = evaluation_batches(ckpt, data_root, batch_size)
-    ref = predict_torch(net, batches, T, kind)
+    twin = deployable(net, T, kind, probes=True)  # the graph's PyTorch twin: same folded weights
+    describe = dict(computed_once=twin.computed_once, model=ckpt["model"]["name"], dataset=ckpt["data"]["name"])
     if model is None:
-        return EvalResult(ckpt_path, ckpt["data"]["name"], T, ref.accuracy,
-                          efficiency_report(topo, ref.spike_counts, T, kind))
-    twin = deployable(net, T, kind, probes=True)
+        with topo.tally(net.body, T) as tally:
+            ref = predict_torch(net, batches, T, kind)
+        return EvalResult(ckpt_path, ckpt["data"]["name"], T, ref.accuracy, efficiency_report(topo, tally, **describe))
+    ref = predict_torch(net, batches, T, kind)
     folded, got, verdict = check_graph(model, twin, batches, sum(topo.neurons))
     return EvalResult(ckpt_path, ckpt["data"]["name"], T, got.accuracy,
-                      efficiency_report(topo, got.spike_counts, T, kind),
+                      efficiency_report(topo, count_operations(topo, twin, batches), **describe),
                       Parity(T, verdict, agreement(folded, got, topo.layer_names)),
                       agreement(ref, folded, topo.layer_names), model.providers)

@@ -122,7 +122,7 @@ def export_checkpoint(checkpoint: str | Path, out: Optional[str | Path] = None, 
         model = simplified(trace(graph, example, opset))
     meta = {
         "snnkit_version": __version__, "T": T, "neuron": ckpt["model"]["neuron"],
-        "layer_names": topo.layer_names, "fan_out": topo.fan_out(), "topology": topo.as_dict(),
+        "layer_names": topo.layer_names, "topology": topo.as_dict(),
         "computed_once": list(graph.computed_once),
         "input_shape": list(input_shape), "input_kind": kind,
         "input_layout": "[B, C, H, W]" if kind == "static" else "[T, B, C, H, W]",

@@ -6,10 +6,16 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import EngFormatter
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
+from .efficiency import ENERGY_PJ
 from .evaluate import Agreement, EvalResult, Parity
 from snnkit.files import atomic_write
 
@@ -39,26 +45,43 @@ def folding_line(f: Agreement) -> str:
             f"{f.accuracy_b:.2%}")
 
 
-def efficiency_table(report: dict) -> Table:
-    table = Table(title=f"Spike efficiency per sample (T = {report['T']}, {report['samples']} samples)",
-                  title_justify="left")
-    for col, justify in (("layer", "left"), ("fed by", "left"), ("firing rate", "right"),
-                         ("spikes", "right"), ("ops", "right"), ("ANN MACs", "right")):
-        table.add_column(col, justify=justify)
+def sources_text(row: dict) -> str:
+    """"spikes of lif1", "spike counts of lif3+lif5", "spike counts of lif20 +5 more", or "analog"."""
+    names = [label.split(" ")[0] for label in row["sources"]]
+    if not names:
+        return row["fed_by"]
+    return f"{row['fed_by']} of " + ("+".join(names) if len(names) <= 3 else f"{names[0]} +{len(names) - 1} more")
+
+
+def efficiency_table(report: dict) -> Group:
+    """A heading, then two tables: the spiking layers, and the synaptic layers with their operations."""
+    heading = Text(f"Spike efficiency per sample: {report['model']} on {report['dataset']}, T = {report['T']}, "
+                   f"{report['samples']} samples", style="italic")
+    spiking = Table()
+    for col in ("spiking layer", "firing rate", "spikes"):
+        spiking.add_column(col, justify="left" if col == "spiking layer" else "right")
     for r in report["spiking_layers"]:
-        table.add_row(r["name"] + " (LIF)", "", f"{r['firing_rate']:.3f}", f"{r['spikes_per_sample']:,.0f}", "", "")
+        spiking.add_row(r["label"], f"{r['firing_rate']:.3f}", f"{r['spikes_per_sample']:,.0f}")
+    spiking.add_section()
+    spiking.add_row("total", f"{report['firing_rate']:.3f}", f"{report['spikes_per_sample']:,.0f}")
+    synaptic = Table()
+    for col in ("synaptic layer", "fed by", "accumulates", "MACs", "ANN MACs"):
+        synaptic.add_column(col, justify="left" if col in ("synaptic layer", "fed by") else "right")
     for r in report["synaptic_layers"]:
-        table.add_row(r["name"], r["source"], "", "", f"{r['ops_per_sample']:,.0f} {r['op']}", f"{r['ann_macs']:,}")
-    table.add_section()
-    table.add_row("total", "", f"{report['firing_rate']:.3f}", f"{report['spikes_per_sample']:,.0f}",
-                  f"{report['sops_per_sample']:,.0f} AC + {report['analog_macs_per_sample']:,.0f} MAC",
-                  f"{report['ann_macs_per_sample']:,}")
-    return table
+        analog = r["fed_by"] == "analog"
+        synaptic.add_row(r["label"], sources_text(r), "" if analog else f"{r['acs_per_sample']:,.0f}",
+                         f"{r['macs_per_sample']:,.0f} ({r['runs_per_sample']} runs)" if analog else "",
+                         f"{r['ann_macs']:,}")
+    synaptic.add_section()
+    synaptic.add_row("total", "", f"{report['acs_per_sample']:,.0f}", f"{report['macs_per_sample']:,.0f}",
+                     f"{report['ann_macs_per_sample']:,}")
+    return Group(heading, spiking, synaptic)
 
 
 def energy_lines(report: dict) -> list[str]:
     lines = [f"energy per sample, {p}: SNN {e['snn_pj'] / 1e6:.4g} µJ vs ANN {e['ann_pj'] / 1e6:.4g} µJ "
              f"(SNN/ANN {e['snn_over_ann']:.3f})" for p, e in report["energy"].items()]
+    lines.append(f"neuron updates per sample: {report['neuron_updates_per_sample']:,} (not in the energy)")
     return lines + [f"assumption: {a}" for a in report["assumptions"]]
 
 
@@ -70,29 +93,62 @@ def result_dict(result: EvalResult) -> dict:
             "efficiency": result.report}
 
 
-def bars(ax, names: list[str], values: list[float], color) -> None:
-    """Horizontal bars, first layer on top; names as tick labels (never parsed as numbers)."""
-    ax.barh(range(len(names)), values, color=color)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.invert_yaxis()
+def bars(ax, names: list[str], values: list[float], color, xlabel: str, title: str, **kw) -> None:
+    """Horizontal bars on a linear axis, first layer on top; names as tick labels (never parsed)."""
+    ax.barh(range(len(names)), values, color=color, **kw)
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_ylim(len(names) - 0.5, -0.5)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title, fontsize=10)
+
+
+def chart(report: dict, preset: str = "fp32") -> Figure:
+    """Firing rate per spiking layer; per synaptic layer its accumulates, and its energy in the SNN
+    against the ANN: energy is the one axis where accumulates and MACs meet, each at its own price."""
+    spiking, synaptic = report["spiking_layers"], report["synaptic_layers"]
+    e_mac = ENERGY_PJ[preset][1]
+    fig = Figure(figsize=(15, 2.2 + 0.2 * max(len(spiking), len(synaptic), 6)), layout="constrained")
+    FigureCanvasAgg(fig)
+    rate_ax, ac_ax, energy_ax = fig.subplots(1, 3)
+    bars(rate_ax, [r["label"] for r in spiking], [r["firing_rate"] for r in spiking], "tab:blue",
+         "firing rate (spikes / neuron / step)", "spiking layers: firing rate")
+
+    names = [r["label"] for r in synaptic]
+    analog = [r["fed_by"] == "analog" for r in synaptic]
+    bars(ac_ax, names, [r["acs_per_sample"] for r in synaptic], "tab:orange",
+         "accumulates per sample", "synaptic layers: spike-driven accumulates")
+    ac_ax.xaxis.set_major_formatter(EngFormatter())
+    for i, r in enumerate(synaptic):
+        if analog[i]:
+            ac_ax.text(0.01, i, f"analog input: {r['macs_per_sample']:,.0f} MACs ({r['runs_per_sample']} runs)",
+                       transform=ac_ax.get_yaxis_transform(), va="center", fontsize=7, color="dimgray")
+
+    snn = [r["energy_pj"][preset] for r in synaptic]
+    ann = [r["ann_macs"] * ENERGY_PJ[preset][1] for r in synaptic]
+    y = np.arange(len(synaptic))
+    energy_ax.hlines(y, np.minimum(snn, ann), np.maximum(snn, ann), color="lightgray", zorder=1)
+    energy_ax.scatter(snn, y, c=["tab:gray" if a else "tab:orange" for a in analog], zorder=2)
+    energy_ax.scatter(ann, y, marker="D", c="tab:purple", zorder=2)
+    energy_ax.set_yticks(y, [])  # the same rows as the accumulates panel beside it
+    energy_ax.set_ylim(len(names) - 0.5, -0.5)
+    energy_ax.set(xscale="log", xlabel=f"energy per sample (pJ, {preset}, 45 nm, log scale)")
+    energy_ax.set_title("synaptic layers: energy, SNN vs ANN", fontsize=10)
+    fig.legend(handles=[Line2D([], [], ls="", marker="o", color="tab:orange", label="SNN, accumulates"),
+                              Line2D([], [], ls="", marker="o", color="tab:gray", label="SNN, MACs (analog input)"),
+                              Line2D([], [], ls="", marker="D", color="tab:purple", label="ANN, MACs")],
+               fontsize=8, loc="outside lower right", ncol=3)
+    e = report["energy"][preset]
+    fig.suptitle(f"{report['model']} on {report['dataset']}, T = {report['T']}: energy per sample SNN "
+                 f"{e['snn_pj'] / 1e6:.3g} µJ vs ANN {e['ann_pj'] / 1e6:.3g} µJ (SNN/ANN {e['snn_over_ann']:.2f}, "
+                 f"{preset}, 45 nm)\nmean firing rate {report['firing_rate']:.3f}; per sample "
+                 f"{report['acs_per_sample']:,.0f} accumulates + {report['macs_per_sample']:,.0f} MACs, "
+                 f"the ANN {report['ann_macs_per_sample']:,} MACs", fontsize=11)
+    return fig
 
 
 def chart_png(report: dict) -> bytes:
-    """Firing rate per spiking layer and operations per synaptic layer, side by side."""
-    spiking, synaptic = report["spiking_layers"], report["synaptic_layers"]
-    fig = Figure(figsize=(11, 0.9 + 0.28 * max(len(spiking), len(synaptic))), layout="constrained")
-    FigureCanvasAgg(fig)
-    rate_ax, ops_ax = fig.subplots(1, 2)
-    bars(rate_ax, [r["name"] for r in spiking], [r["firing_rate"] for r in spiking], "tab:blue")
-    rate_ax.set(xlabel="firing rate (spikes / neuron / step)", title="spiking layers")
-    colors = ["tab:orange" if r["op"] == "AC" else "tab:gray" for r in synaptic]
-    bars(ops_ax, [r["name"] for r in synaptic], [r["ops_per_sample"] for r in synaptic], colors)
-    ops_ax.set(xlabel="operations per sample (orange: spike ACs, grey: analog MACs)",
-               title="synaptic layers", xscale="log")
-    fig.suptitle(f"T = {report['T']}, mean firing rate {report['firing_rate']:.3f}, "
-                 f"{report['sops_per_sample']:,.0f} SOPs per sample")
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
+    chart(report).savefig(buf, format="png", dpi=110)
     return buf.getvalue()
 
 

@@ -20,7 +20,7 @@ from .parity import Observed
 
 OUTPUTS = ["logits", "spike_counts"]
 # the metadata_props snnkit writes (JSON values); other keys, e.g. onnxruntime's quantizer's, are left alone
-META_KEYS = ("snnkit_version", "T", "neuron", "layer_names", "fan_out", "topology", "computed_once", "input_shape",
+META_KEYS = ("snnkit_version", "T", "neuron", "layer_names", "topology", "computed_once", "input_shape",
              "input_kind", "input_layout", "normalization", "class_names", "dataset", "model", "opset",
              "config_hash", "checkpoint", "exporter")
 

@@ -1,13 +1,20 @@
 """The benchmark's meters and baselines measure what they claim."""
+import json
 import sys
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import common  # noqa: E402
+import onnx_latency  # noqa: E402
 import train_cost  # noqa: E402
+
+from deploy_helpers import exact_input, model_and_checkpoint, write_run  # noqa: E402
+from snnkit.deploy.runtime import load_onnx  # noqa: E402
 
 from snnkit import spiking  # noqa: E402
 from snnkit.methods import build_method  # noqa: E402
@@ -103,3 +110,27 @@ def test_lif_inputs_are_the_currents_of_every_layer():
     currents = common.lif_inputs(net, x)
     assert [lif for lif, _ in currents] == spiking.spiking_layers(net.body)
     assert [tuple(c.shape[:2]) for _, c in currents] == [(2, 4)] * 3
+
+
+def test_onnx_latency_times_a_trained_run_per_step_and_per_sequence(tmp_path):
+    _, ckpt = model_and_checkpoint("digits_convnet")
+    run = write_run(tmp_path, "tiny", ckpt)
+    out = tmp_path / "latency.json"
+    onnx_latency.main(["--checkpoint", str(run), "--repeats", "1", "--batches", "3", "--out", str(out)])
+    [row] = json.loads(out.read_text())["results"]
+    assert (row["model"], row["T"], row["batch"], row["checkpoint"]) == ("digits_convnet", ckpt["T"], 3, str(run))
+    times = [row[f"{side}_{span}_ms"] for side in ("torch", "onnx") for span in ("step", "sequence")]
+    assert all(t > 0 for t in times)
+    assert row["onnx_sequence_over_T_steps"] == pytest.approx(row["onnx_sequence_ms"] / (4 * row["onnx_step_ms"]))
+
+
+def test_one_step_graph_is_the_first_step_of_the_network(tmp_path):
+    net, ckpt = model_and_checkpoint("digits_convnet")
+    step = load_onnx(onnx_latency.one_step_graph(ckpt, tmp_path))
+    x = exact_input(5, (1, 8, 8))
+    logits, counts = step.run(x.numpy())
+    with torch.no_grad():
+        ref = net(x.unsqueeze(0))
+    assert step.meta["T"] == 1
+    np.testing.assert_array_equal(counts, ref.spike_counts.numpy())
+    np.testing.assert_allclose(logits, ref.logits.numpy(), atol=1e-5)
