@@ -1,6 +1,5 @@
 """Every run draws curves.png from its metrics.jsonl after each epoch, for every method."""
 import dataclasses
-import struct
 
 import numpy as np
 import pytest
@@ -14,21 +13,13 @@ from snnkit.methods import METHODS
 from snnkit.training import train
 from snnkit.training.curves import CURVES_NAME, read_metrics, write_curves
 from snnkit.training.progress import EpochProgress
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+from png_files import png_size
 
 
 @pytest.fixture
 def data():
     digits = load_dataset("digits")
     return dataclasses.replace(digits, train=Subset(digits.train, range(96)), test=Subset(digits.test, range(64)))
-
-
-def png_size(path) -> tuple[int, int]:
-    """(width, height) from the IHDR chunk, which a valid PNG has first, after the signature."""
-    head = path.read_bytes()[:24]
-    assert head[:8] == PNG_SIGNATURE and head[12:16] == b"IHDR"
-    return struct.unpack(">II", head[16:24])
 
 
 @pytest.mark.parametrize("method", METHODS.names())
