@@ -14,10 +14,11 @@ back and an interrupted one continues from its last completed epoch (snnkit's re
 command, rerun after a kill, loses at most one epoch of one row. ``--train-subset N`` trains on
 the first N training samples (the test set stays whole).
 
-Reported per row: final and best test accuracy and the final's gap to bptt, median training
-seconds per epoch, the whole run's training time, peak RSS (and CUDA max allocated), the final
-test firing rate; a plot of test accuracy against epoch and against training time, one line per
-row. Writes ``<out>/accuracy-<recipe>-<E>ep[-n<N>].{json,md,png}``.
+Reported per row: final and best test accuracy and the final's gap to bptt, the last epoch's
+training accuracy (the running mean over its batches), median training seconds per epoch, the
+whole run's training time, peak RSS (and CUDA max allocated), the final test firing rate; a plot
+of test accuracy against epoch and against training time, one line per row. Writes
+``<out>/accuracy-<recipe>-<E>ep[-n<N>].{json,md,png}``.
 """
 from __future__ import annotations
 
@@ -117,7 +118,7 @@ def summary(row: Row) -> dict | None:
     return {"row": row.label, "method": results["method"], "T": results["T"], "epochs": len(metrics),
             "final_acc": results["final_acc"], "best_acc": results["best_acc"], "best_epoch": results["best_epoch"],
             "seconds_per_epoch": statistics.median(seconds), "train_seconds": sum(seconds),
-            "firing_rate": metrics[-1]["test_firing_rate"], **memory,
+            "train_acc": metrics[-1]["train_acc"], "firing_rate": metrics[-1]["test_firing_rate"], **memory,
             "test_acc": [m["test_acc"] for m in metrics], "epoch_seconds": seconds}
 
 
@@ -129,11 +130,12 @@ def table(results: list[dict]) -> str:
         gap = "–" if bptt is None else f"{100 * (r['final_acc'] - bptt):+.2f}"
         rss = r.get("peak_rss_bytes")
         rows.append([r["row"], r["epochs"], f"{100 * r['final_acc']:.2f}",
-                     f"{100 * r['best_acc']:.2f} ({r['best_epoch']})", gap, f"{r['seconds_per_epoch']:.1f}",
+                     f"{100 * r['best_acc']:.2f} ({r['best_epoch']})", gap, f"{100 * r['train_acc']:.2f}",
+                     f"{r['seconds_per_epoch']:.1f}",
                      f"{r['train_seconds'] / 60:.1f}", "–" if rss is None else f"{rss / MIB:.0f}",
                      *([f"{r['cuda_max_allocated_bytes'] / MIB:.0f}"] if cuda else []), f"{r['firing_rate']:.3f}"])
     return markdown_table(["row", "epochs", "final test acc (%)", "best test acc (%) (epoch)",
-                           "final − bptt (pp)", "train s/epoch (median)", "train time (min)", "peak RSS (MiB)",
+                           "final − bptt (pp)", "last epoch's train acc (%)", "train s/epoch (median)", "train time (min)", "peak RSS (MiB)",
                            *(["CUDA max alloc (MiB)"] if cuda else []), "test firing rate"], rows)
 
 
