@@ -39,7 +39,8 @@ from matplotlib.figure import Figure
 from torch.utils.data import Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, markdown_table, peak_rss_bytes, write_atomic, write_json  # noqa: E402
+from common import (labelled_config, machine, markdown_table, peak_rss_bytes, write_atomic,  # noqa: E402
+                    write_json)
 
 from snnkit.checkpoint import CHECKPOINT_NAME  # noqa: E402
 from snnkit.config import Config, resolve_config  # noqa: E402
@@ -69,9 +70,8 @@ class Row:
         return self.group_dir / self.label
 
     def config(self) -> Config:
-        method, *overrides = self.label.split("@")
-        return resolve_config(self.recipe, [f"method.name={method}", *overrides, f"optim.epochs={self.epochs}",
-                                            f"run.out_dir={self.group_dir}", f"run.name={self.label}"])
+        return labelled_config(self.recipe, self.label, f"optim.epochs={self.epochs}",
+                               f"run.out_dir={self.group_dir}", f"run.name={self.label}")
 
 
 def subset(data: DataBundle, n: int | None) -> DataBundle | None:
@@ -97,28 +97,28 @@ def run_row(row: Row) -> None:
                       for k, v in now.items()})
 
 
-def launch(row: Row) -> bool:
-    """Run ``row`` to its end in a subprocess (its log streams through); False if it failed."""
+def launch(row: Row) -> None:
+    """Run ``row`` to its end in a subprocess, its log streaming through."""
     job = {**dataclasses.asdict(row), "group_dir": str(row.group_dir)}
     proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)])
     if proc.returncode != 0:
         log.warning("%s stopped with exit status %d; rerun the command to continue it", row.label, proc.returncode)
-    return proc.returncode == 0
 
 
 # --- the parent: rows, table, plot ----------------------------------------------------------------
 def summary(row: Row) -> dict | None:
-    """The finished row's numbers, from its run directory; None if it has not finished."""
+    """The finished row's numbers, from its metrics.jsonl (results.json marks it finished); None if
+    it has not finished."""
     if not (row.run_dir / "results.json").is_file():
         return None
     metrics = read_metrics(row.run_dir)
-    results = json.loads((row.run_dir / "results.json").read_text())
-    memory = json.loads((row.run_dir / MEMORY_NAME).read_text()) if (row.run_dir / MEMORY_NAME).is_file() else {}
+    last = metrics[-1]
+    memory = row.run_dir / MEMORY_NAME
     seconds = [m["train_seconds"] for m in metrics]
-    return {"row": row.label, "method": results["method"], "T": results["T"], "epochs": len(metrics),
-            "final_acc": results["final_acc"], "best_acc": results["best_acc"], "best_epoch": results["best_epoch"],
+    return {"row": row.label, "epochs": last["epoch"], "final_acc": last["test_acc"], "best_acc": last["best_acc"],
+            "best_epoch": last["best_epoch"], "train_acc": last["train_acc"], "firing_rate": last["test_firing_rate"],
             "seconds_per_epoch": statistics.median(seconds), "train_seconds": sum(seconds),
-            "train_acc": metrics[-1]["train_acc"], "firing_rate": metrics[-1]["test_firing_rate"], **memory,
+            **(json.loads(memory.read_text()) if memory.is_file() else {}),
             "test_acc": [m["test_acc"] for m in metrics], "epoch_seconds": seconds}
 
 

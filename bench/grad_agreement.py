@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import markdown_table, write_atomic, write_json  # noqa: E402
+from common import labelled_config, markdown_table, write_atomic, write_json  # noqa: E402
 
 from snnkit.checkpoint import load_checkpoint  # noqa: E402
 from snnkit.config import resolve_config  # noqa: E402
@@ -33,9 +33,8 @@ PER_STEP_BN = ("rate_s",)  # methods whose BatchNorm uses each step's statistics
 
 def method_for(recipe: str, label: str) -> Method:
     """``rate_m`` or ``rate_m@method.divide_grad_by_T=true@...`` (as in accuracy.py) on ``recipe``."""
-    name, *overrides = label.split("@")
-    cfg = resolve_config(recipe, [f"method.name={name}", *overrides])
-    return build_method(name, cfg.method.T, cfg.method.options)
+    cfg = labelled_config(recipe, label)
+    return build_method(cfg.method.name, cfg.method.T, cfg.method.options)
 
 
 def gradient(net, method: Method, x_seq, y) -> dict[str, torch.Tensor]:

@@ -70,9 +70,11 @@ def test_a_killed_bench_continues_every_row_where_it_stopped(tmp_path, monkeypat
     group = "digits-2ep-n160"
     report = json.loads((tmp_path / f"accuracy-{group}.json").read_text())
     assert [r["row"] for r in report["results"]] == ["bptt", "rate_m"] and report["unfinished"] == []
-    for r in report["results"]:
+    for r, row in zip(report["results"], (bptt, rate_m)):
+        results = json.loads((row.run_dir / "results.json").read_text())
         assert r["epochs"] == 2 and len(r["test_acc"]) == len(r["epoch_seconds"]) == 2
-        assert r["final_acc"] == r["test_acc"][-1] and r["best_acc"] == max(r["test_acc"])
+        assert (r["final_acc"], r["best_acc"]) == (results["final_acc"], results["best_acc"]) == \
+            (r["test_acc"][-1], max(r["test_acc"]))
         assert r["peak_rss_bytes"] > 100 * 2 ** 20 and r["cuda_max_allocated_bytes"] is None
     table = (tmp_path / f"accuracy-{group}.md").read_text()
     gap = 100 * (report["results"][1]["final_acc"] - report["results"][0]["final_acc"])
