@@ -1,118 +1,216 @@
-"""Accuracy for a fixed training budget, every registered method, through the library.
+"""Test accuracy at equal epochs: every method on one recipe at its full length, restartable.
 
-    python bench/accuracy.py --quick       # digits, 5 epochs per method
-    python bench/accuracy.py               # digits 30 epochs; Fashion-MNIST too when it is there
+    python bench/accuracy.py                                    # fashion_mnist, 30 epochs, every method
+    python bench/accuracy.py --methods bptt,rate_m,rate_s       # the spine only
+    python bench/accuracy.py --recipe digits --epochs 5         # a quick check (minutes)
+    python bench/accuracy.py --epochs 2 --train-subset 10000 \\
+        --methods bptt,rate_m,rate_m@method.divide_grad_by_T=true   # a quick Fashion-MNIST check
 
-Each method trains the same model with ``snnkit.training.train`` on the bundled ``digits`` recipe
-(the method name and T are the only overrides), and Fashion-MNIST when a ``fashion_mnist`` dataset
-is registered and /usr/share/datasets/fashion-mnist exists. Reported per method: final and best
-test accuracy, spikes per test sample (all layers and steps, final weights) and wall time.
-Writes ``<out>/accuracy.{json,md}``.
+Each row trains the recipe with the same seed and epochs (the online methods with their own
+per-step loss); a row is a registered method, optionally followed by ``@section.key=value``
+overrides for that row alone. A row runs in a fresh subprocess (its peak RSS is its own) in its
+own snnkit run directory ``<out>/accuracy/<recipe>-<E>ep[-n<N>]/<row>``: a finished run is read
+back and an interrupted one continues from its last completed epoch (snnkit's resume), so the same
+command, rerun after a kill, loses at most one epoch of one row. ``--train-subset N`` trains on
+the first N training samples (the test set stays whole).
+
+Reported per row: final and best test accuracy and the final's gap to bptt, the last epoch's
+training accuracy (the running mean over its batches), median training seconds per epoch, the
+whole run's training time, peak RSS (and CUDA max allocated), the final test firing rate; a plot
+of test accuracy against epoch and against training time, one line per row. Writes
+``<out>/accuracy-<recipe>-<E>ep[-n<N>].{json,md,png}``.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import io
+import json
 import logging
+import shutil
+import statistics
+import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from torch.utils.data import Subset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, markdown_table, write_atomic, write_json  # noqa: E402
+from common import (labelled_config, machine, markdown_table, peak_rss_bytes, write_atomic,  # noqa: E402
+                    write_json)
 
-from snnkit.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
-from snnkit.config import resolve_config  # noqa: E402
-from snnkit.data import DATASETS, encode, load_dataset  # noqa: E402
+from snnkit.checkpoint import CHECKPOINT_NAME  # noqa: E402
+from snnkit.config import Config, resolve_config  # noqa: E402
+from snnkit.data import DataBundle, load_dataset  # noqa: E402
+from snnkit.errors import SnnkitError  # noqa: E402
+from snnkit.files import atomic_write  # noqa: E402
 from snnkit.methods import METHODS  # noqa: E402
-from snnkit.training import train  # noqa: E402
+from snnkit.training import resume, train  # noqa: E402
+from snnkit.training.curves import read_metrics  # noqa: E402
 from snnkit.training.progress import EpochProgress  # noqa: E402
 
 log = logging.getLogger("bench.accuracy")
-FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
-# dataset -> the overrides on the digits recipe that train it (the 8×8 digits net cannot take 28×28)
-DATASET_OVERRIDES = {
-    "digits": [],
-    "fashion_mnist": ["data.name=fashion_mnist", f"data.root={FASHION_ROOT}", "model.name=vgg11",
-                      "model.width=0.25"],
-}
+MEMORY_NAME = "memory.json"  # the peak memory of the row's sessions, beside snnkit's own files
+MIB = 2 ** 20
 
 
-@torch.no_grad()
-def spikes_per_sample(run_dir: Path, dataset: str, root) -> float:
-    """Mean spikes per test sample of the run's final weights, over every layer and step."""
-    ckpt = load_checkpoint(run_dir)
-    net, T, data = model_from_checkpoint(ckpt), ckpt["T"], load_dataset(dataset, root)
-    total = n = 0.0
-    for x, _ in torch.utils.data.DataLoader(data.test, batch_size=256):
-        total += float(net(encode(x, T, data.kind)).spike_counts.sum())
-        n += x.shape[0]
-    return total / n
+@dataclasses.dataclass(frozen=True)
+class Row:
+    label: str  # e.g. rate_m or rate_m@method.divide_grad_by_T=true; also its run directory's name
+    recipe: str
+    epochs: int
+    train_subset: int | None
+    group_dir: Path
+
+    @property
+    def run_dir(self) -> Path:
+        return self.group_dir / self.label
+
+    def config(self) -> Config:
+        return labelled_config(self.recipe, self.label, f"optim.epochs={self.epochs}",
+                               f"run.out_dir={self.group_dir}", f"run.name={self.label}")
 
 
-def available(dataset: str) -> str | None:
-    """None when ``dataset`` can run here, else why not."""
-    if dataset == "fashion_mnist":
-        if "fashion_mnist" not in DATASETS:
-            return "no dataset named fashion_mnist is registered in this snnkit"
-        if not FASHION_ROOT.exists():
-            return f"{FASHION_ROOT} does not exist"
-    return None
+def subset(data: DataBundle, n: int | None) -> DataBundle | None:
+    """The first ``n`` training samples and the whole test set; None (the dataset itself) without n."""
+    return None if n is None else dataclasses.replace(data, train=Subset(data.train, range(n)))
 
 
-def run(dataset: str, method: str, T: int, epochs: int, out_dir: Path) -> dict:
-    cfg = resolve_config("digits", [*DATASET_OVERRIDES[dataset], f"method.name={method}", f"method.T={T}",
-                                    f"optim.epochs={epochs}", f"run.out_dir={out_dir}",
-                                    f"run.name={dataset}-{method}"])
-    result = train(cfg, EpochProgress(enabled=False))
-    return {"dataset": dataset, "method": method, "T": T, "epochs": epochs, "model": cfg.model.name,
-            "final_acc": result.final_acc, "best_acc": result.best_acc, "best_epoch": result.best_epoch,
-            "spikes_per_sample": spikes_per_sample(result.run_dir, dataset, cfg.data.root),
-            "seconds": result.seconds}
+# --- the child: one row in a fresh process -------------------------------------------------------
+def run_row(row: Row) -> None:
+    """Train ``row``, or continue it from its last checkpoint; record the session's peak memory."""
+    cfg, quiet = row.config(), EpochProgress(enabled=False)
+    data = subset(load_dataset(cfg.data.name, cfg.data.root), row.train_subset)
+    if (row.run_dir / CHECKPOINT_NAME).is_file():
+        resume(row.run_dir, quiet, data)
+    else:
+        shutil.rmtree(row.run_dir, ignore_errors=True)  # killed in its first epoch: nothing to keep
+        train(cfg, quiet, data)
+    path = row.run_dir / MEMORY_NAME
+    earlier = json.loads(path.read_text()) if path.is_file() else {}  # a session before a kill
+    now = {"peak_rss_bytes": peak_rss_bytes(),
+           "cuda_max_allocated_bytes": torch.cuda.max_memory_allocated() if torch.cuda.is_initialized() else None}
+    write_json(path, {k: max((x for x in (v, earlier.get(k)) if x is not None), default=None)
+                      for k, v in now.items()})
+
+
+def launch(row: Row) -> None:
+    """Run ``row`` to its end in a subprocess, its log streaming through."""
+    job = {**dataclasses.asdict(row), "group_dir": str(row.group_dir)}
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(job)])
+    if proc.returncode != 0:
+        log.warning("%s stopped with exit status %d; rerun the command to continue it", row.label, proc.returncode)
+
+
+# --- the parent: rows, table, plot ----------------------------------------------------------------
+def summary(row: Row) -> dict | None:
+    """The finished row's numbers, from its metrics.jsonl (results.json marks it finished); None if
+    it has not finished."""
+    if not (row.run_dir / "results.json").is_file():
+        return None
+    metrics = read_metrics(row.run_dir)
+    last = metrics[-1]
+    memory = row.run_dir / MEMORY_NAME
+    seconds = [m["train_seconds"] for m in metrics]
+    return {"row": row.label, "epochs": last["epoch"], "final_acc": last["test_acc"], "best_acc": last["best_acc"],
+            "best_epoch": last["best_epoch"], "train_acc": last["train_acc"], "firing_rate": last["test_firing_rate"],
+            "seconds_per_epoch": statistics.median(seconds), "train_seconds": sum(seconds),
+            **(json.loads(memory.read_text()) if memory.is_file() else {}),
+            "test_acc": [m["test_acc"] for m in metrics], "epoch_seconds": seconds}
+
+
+def table(results: list[dict]) -> str:
+    bptt = next((r["final_acc"] for r in results if r["row"] == "bptt"), None)
+    cuda = any(r.get("cuda_max_allocated_bytes") for r in results)
+    rows = []
+    for r in results:
+        gap = "–" if bptt is None else f"{100 * (r['final_acc'] - bptt):+.2f}"
+        rss = r.get("peak_rss_bytes")
+        rows.append([r["row"], r["epochs"], f"{100 * r['final_acc']:.2f}",
+                     f"{100 * r['best_acc']:.2f} ({r['best_epoch']})", gap, f"{100 * r['train_acc']:.2f}",
+                     f"{r['seconds_per_epoch']:.1f}",
+                     f"{r['train_seconds'] / 60:.1f}", "–" if rss is None else f"{rss / MIB:.0f}",
+                     *([f"{r['cuda_max_allocated_bytes'] / MIB:.0f}"] if cuda else []), f"{r['firing_rate']:.3f}"])
+    return markdown_table(["row", "epochs", "final test acc (%)", "best test acc (%) (epoch)",
+                           "final − bptt (pp)", "last epoch's train acc (%)", "train s/epoch (median)", "train time (min)", "peak RSS (MiB)",
+                           *(["CUDA max alloc (MiB)"] if cuda else []), "test firing rate"], rows)
+
+
+def plot_png(results: list[dict], title: str) -> bytes:
+    """Test accuracy against epoch and against cumulative training time, one line per row."""
+    fig = Figure(figsize=(11, 4), layout="constrained")
+    FigureCanvasAgg(fig)
+    by_epoch, by_time = fig.subplots(1, 2, sharey=True)
+    for r in results:
+        acc = [100 * a for a in r["test_acc"]]
+        minutes = [sum(r["epoch_seconds"][: i + 1]) / 60 for i in range(len(acc))]
+        by_epoch.plot(range(1, len(acc) + 1), acc, marker="o", markersize=2, label=r["row"])
+        by_time.plot(minutes, acc, marker="o", markersize=2, label=r["row"])
+    by_epoch.set(xlabel="epoch", ylabel="test accuracy (%)")
+    by_time.set(xlabel="training time (min, evaluation excluded)")
+    for ax in (by_epoch, by_time):
+        ax.grid(alpha=0.3)
+    by_epoch.legend(fontsize=8)
+    fig.suptitle(title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    return buf.getvalue()
+
+
+def parse_rows(args) -> list[Row]:
+    """One :class:`Row` per entry of ``--methods``, each checked to resolve to a valid config."""
+    labels = args.methods.split(",") if args.methods else METHODS.names()
+    recipe = resolve_config(args.recipe)
+    epochs = args.epochs or recipe.optim.epochs
+    group = f"{recipe.recipe}-{epochs}ep" + (f"-n{args.train_subset}" if args.train_subset else "")
+    rows = [Row(label, args.recipe, epochs, args.train_subset, args.out / "accuracy" / group) for label in labels]
+    for row in rows:
+        row.config()  # an unknown method or key stops here, with the valid choices
+    return rows
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="5 epochs, digits only")
-    parser.add_argument("--methods", help="comma-separated methods (default: every registered one)")
-    parser.add_argument("--T", type=int, default=4)
-    parser.add_argument("--epochs", type=int, help="epochs per run (default 30 on digits, 5 with --quick)")
-    parser.add_argument("--fashion-epochs", type=int, default=3, help="epochs per run on Fashion-MNIST")
+    parser.add_argument("--recipe", default="fashion_mnist", help="a bundled recipe or a YAML path")
+    parser.add_argument("--methods", help="comma-separated rows: METHOD[@section.key=value...] "
+                                          "(default: every registered method)")
+    parser.add_argument("--epochs", type=int, help="epochs per row (default: the recipe's)")
+    parser.add_argument("--train-subset", type=int, help="train on the first N training samples")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    methods = args.methods.split(",") if args.methods else METHODS.names()
-    for m in methods:
-        METHODS.get(m)  # an unknown name stops here, listing the valid ones
-    budgets = {"digits": args.epochs or (5 if args.quick else 30)}
-    notes = []
-    if not args.quick:
-        why = available("fashion_mnist")
-        if why:
-            notes.append(f"Fashion-MNIST skipped: {why}.")
-            log.warning(notes[-1])
-        else:
-            budgets["fashion_mnist"] = args.fashion_epochs
-    results = []
-    with tempfile.TemporaryDirectory(prefix="snnkit-accuracy-") as runs:
-        for dataset, epochs in budgets.items():
-            for method in methods:
-                results.append(run(dataset, method, args.T, epochs, Path(runs)))
-                r = results[-1]
-                log.info("%s %s: final %.2f%% best %.2f%% (epoch %d), %.0f spikes/sample, %.0fs", dataset,
-                         method, 100 * r["final_acc"], 100 * r["best_acc"], r["best_epoch"],
-                         r["spikes_per_sample"], r["seconds"])
+    if args.child:
+        job = json.loads(args.child)
+        run_row(Row(**{**job, "group_dir": Path(job["group_dir"])}))
+        return
+    try:
+        rows = parse_rows(args)
+    except SnnkitError as e:
+        parser.error(str(e))
+    for row in rows:
+        if summary(row) is None:
+            log.info("%s: %s", row.label, "continuing" if (row.run_dir / CHECKPOINT_NAME).is_file() else "training")
+            launch(row)
+    results = [s for s in map(summary, rows) if s is not None]
+    unfinished = [row.label for row in rows if summary(row) is None]
+    group = rows[0].group_dir.name
     command = "python bench/accuracy.py " + " ".join(sys.argv[1:] if argv is None else argv)
     info = machine()
     md = f"`{command}` on {info['processor']}, {info['cpus']} CPUs, torch {torch.__version__}\n\n"
-    md += markdown_table(
-        ["dataset", "model", "method", "T", "epochs", "final acc (%)", "best acc (%)", "spikes/sample", "time (s)"],
-        [[r["dataset"], r["model"], r["method"], r["T"], r["epochs"], f"{100 * r['final_acc']:.2f}",
-          f"{100 * r['best_acc']:.2f}", f"{r['spikes_per_sample']:.0f}", f"{r['seconds']:.0f}"] for r in results])
-    md += "".join(f"\n\n{n}" for n in notes)
-    write_json(args.out / "accuracy.json", {"command": command, "machine": info, "results": results, "notes": notes})
-    write_atomic(args.out / "accuracy.md", md + "\n")
+    md += table(results) + "".join(f"\n\n{label} has not finished; rerun the command to continue it."
+                                   for label in unfinished)
+    write_json(args.out / f"accuracy-{group}.json", {"command": command, "machine": info, "results": results,
+                                                    "unfinished": unfinished})
+    write_atomic(args.out / f"accuracy-{group}.md", md + "\n")
+    if results:
+        cfg = rows[0].config()
+        title = (f"{cfg.recipe}: {cfg.model.name}, T = {cfg.method.T}, seed {cfg.run.seed}"
+                 + (f", first {args.train_subset} training samples" if args.train_subset else ""))
+        atomic_write(args.out / f"accuracy-{group}.png", plot_png(results, title))
     print(md)
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from snnkit import spiking
+from snnkit.config import Config, resolve_config
 from snnkit.methods import Method, StepOutput
 from snnkit.neuron import lif_multistep_record
 from snnkit.spiking import LIF, Mode, MultiStep, neuron_mode
@@ -183,6 +184,14 @@ def lif_inputs(net: spiking.SpikingNet, x_seq: torch.Tensor) -> list[tuple[LIF, 
         for h in hooks:
             h.remove()
     return seen
+
+
+# --- configs ------------------------------------------------------------------------------------
+def labelled_config(recipe: str, label: str, *fixed: str) -> Config:
+    """The config of a bench row ``METHOD[@section.key=value...]`` on ``recipe``: the method, the
+    row's own overrides, then ``fixed`` (the settings every row shares)."""
+    method, *overrides = label.split("@")
+    return resolve_config(recipe, [f"method.name={method}", *overrides, *fixed])
 
 
 # --- output -------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import common  # noqa: E402
+import grad_agreement  # noqa: E402
 import onnx_latency  # noqa: E402
 import train_cost  # noqa: E402
 
@@ -134,3 +135,20 @@ def test_one_step_graph_is_the_first_step_of_the_network(tmp_path):
     assert step.meta["T"] == 1
     np.testing.assert_array_equal(counts, ref.spike_counts.numpy())
     np.testing.assert_allclose(logits, ref.logits.numpy(), atol=1e-5)
+
+
+def agreement(labels, T):
+    torch.manual_seed(5)
+    batches = [(torch.randn(8, 1, 8, 8) * 1.5, torch.randint(0, 10, (8,))) for _ in range(2)]
+    methods = {label: grad_agreement.method_for("digits", f"{label}@method.T={T}") for label in labels}
+    return grad_agreement.agreement(tiny().train(), methods, batches, T, "static")
+
+
+def test_gradient_agreement_is_exact_where_the_identities_say():
+    at_T1 = agreement(["rate_m"], 1)["rate_m"]  # rate_M = BPTT at T = 1, every parameter
+    assert all(cos == pytest.approx(1, abs=1e-4) and ratio == pytest.approx(1, abs=1e-4)
+               for cos, ratio in at_T1.values())
+    at_T4 = agreement(["rate_m@method.divide_grad_by_T=true", "rate_s"], 4)
+    head = "body.6.weight"  # the classifier: BPTT's gradient, × 1/T with the option; rate_S against bptt[single]
+    assert at_T4["rate_m@method.divide_grad_by_T=true"][head] == pytest.approx([1, 1 / 4], abs=1e-5)
+    assert at_T4["rate_s"][head] == pytest.approx([1, 1], abs=1e-5)

@@ -24,10 +24,10 @@ def batch(T, B=16, dtype=torch.float32, static=True):
     return x_seq, torch.randint(0, 10, (B,))
 
 
-def grads(net, method, x_seq, y):
+def grads(net, method, x_seq, y, **options):
     net.zero_grad(set_to_none=True)
     torch.manual_seed(1)  # methods that draw random steps (sltt_k) draw the same ones
-    build_method(method, x_seq.shape[0]).train_step(net, x_seq, y, step=lambda: None)
+    build_method(method, x_seq.shape[0], options).train_step(net, x_seq, y, step=lambda: None)
     return {n: p.grad.clone() for n, p in net.named_parameters()}
 
 
@@ -43,17 +43,22 @@ def test_1_rate_pass_logits_equal_time_averaged_spike_logits(model):
     assert (logits - spikes.logits_seq.mean(0)).abs().max() <= 1e-5
 
 
-def test_2_classifier_gradient_is_bptt_over_T():
+@pytest.mark.parametrize("method", ["rate_m", "rate_s"])
+@pytest.mark.parametrize("divide_grad_by_T", [False, True])
+def test_2_classifier_gradient_is_bptts_by_default_and_over_T_with_the_reference_option(method, divide_grad_by_T):
     T = 4
     net = digits_net()
     x_seq, y = batch(T)
     head = "body.6.weight"
-    g_bptt, g_rate = grads(net, "bptt", x_seq, y)[head], grads(net, "rate_m", x_seq, y)[head]
+    bptt = "single" if method == "rate_s" else "multi"  # the same BN statistics: per step, or over T·B
+    g_bptt = grads(net, "bptt", x_seq, y, layout=bptt)[head]
+    g_rate = grads(net, method, x_seq, y, divide_grad_by_T=divide_grad_by_T)[head]
+    scale = T if divide_grad_by_T else 1
     ratio = g_bptt.norm() / g_rate.norm()
     cosine = F.cosine_similarity(g_bptt.flatten(), g_rate.flatten(), dim=0)
-    assert ratio.item() == pytest.approx(T, rel=1e-5)
+    assert ratio.item() == pytest.approx(scale, rel=1e-5)
     assert cosine.item() == pytest.approx(1.0, abs=1e-6)
-    assert torch.allclose(g_bptt, T * g_rate, atol=1e-6)
+    assert torch.allclose(g_bptt, scale * g_rate, atol=1e-6)
 
 
 def test_3_at_T1_rate_m_equals_bptt_and_rate_s_equals_rate_m():

@@ -9,6 +9,7 @@ import pytest
 from snnkit.checkpoint import CHECKPOINT_NAME
 from snnkit.config import recipe_names, resolve_config
 from snnkit.data import DATASETS
+from snnkit.methods import build_method
 from snnkit.models import MODELS
 from snnkit.training import train
 from snnkit.training.progress import EpochProgress
@@ -47,6 +48,14 @@ def test_method_twins_differ_only_in_the_method(recipe, method):
     base, twin = resolve_config(recipe).to_dict(), resolve_config(recipe, [f"method.name={method}"]).to_dict()
     assert twin["method"]["name"] == method and twin["method"]["T"] == base["method"]["T"]
     assert {k: v for k, v in twin.items() if k != "method"} == {k: v for k, v in base.items() if k != "method"}
+
+
+@pytest.mark.parametrize("method", ["rate_m", "rate_s"])
+@pytest.mark.parametrize("recipe", recipe_names())
+def test_recipes_give_rate_methods_the_loss_gradient_bptt_uses(recipe, method):
+    """One lr and weight decay mean the same for every method: no recipe turns the reference's 1/T on."""
+    cfg = resolve_config(recipe, [f"method.name={method}"])
+    assert build_method(method, cfg.method.T, cfg.method.options).options.divide_grad_by_T is False
 
 
 TINY = ["optim.epochs=1", "model.width=0.125", "data.batch_size=4", "data.workers=0"]

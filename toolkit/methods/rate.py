@@ -19,9 +19,10 @@ from .causal import ScalingOptions, causal_scaling
 
 @dataclass(frozen=True)
 class RateOptions(ScalingOptions):
-    # Multiply the loss gradient by 1/T (the loss value is unchanged), as the reference code does:
-    # with SGD this is lr/T and weight decay ×T relative to BPTT, so the paper's lr 0.1 carries over.
-    divide_grad_by_T: bool = True
+    # Off: the gradient of the loss BPTT minimises (its classifier gradient exactly), so one lr and
+    # weight decay mean the same for every method. On: × 1/T as in the reference code (the loss
+    # value is unchanged); with SGD that is lr/T and weight decay ×T, the paper's rate_M runs.
+    divide_grad_by_T: bool = False
 
 
 @dataclass

@@ -22,6 +22,7 @@ from ..methods import Method, build_method
 from ..methods.batchnorm import convert_sync_batchnorm
 from ..models import ModelSpec, build_model
 from ..spiking import SpikingNet, firing_rate
+from .curves import write_curves
 from .distributed import World, process_group, resolve_device
 from .optim import make_optimizer
 from .precision import Precision, configure_backends
@@ -166,6 +167,7 @@ class Trainer:
         run stopped before it is resumed from the previous epoch (see :meth:`restore`)."""
         with open(self.run_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics) + "\n")
+        write_curves(self.run_dir, self.cfg)
         ckpt = self.checkpoint()
         if self.best_epoch == self.epoch:
             atomic_save(ckpt, self.run_dir / "best.pt")
