@@ -123,6 +123,21 @@ class SingleStep(Mode):
         return self.recorder.result()
 
 
+class _RateValue(torch.autograd.Function):
+    """``r + g⊙c − stopgrad(g⊙c)`` (rate_backprop.md §2.2) without its cost: the value is r itself
+    (autograd hands out a view, no copy) and backward multiplies by g, the only tensor saved."""
+
+    @staticmethod
+    def forward(ctx, c: torch.Tensor, rate: torch.Tensor, eligibility: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(eligibility)
+        return rate
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (eligibility,) = ctx.saved_tensors
+        return grad * eligibility, None, None
+
+
 class RatePass(Mode):
     """The rate pass: value r from the spike pass, Jacobian diag(g) with respect to the current."""
 
@@ -133,8 +148,7 @@ class RatePass(Mode):
     def __call__(self, lif: LIF, c: torch.Tensor) -> torch.Tensor:
         if c.shape != self.rate.shape:
             raise RuntimeError(f"rate pass got {tuple(c.shape)}, spike pass saw {tuple(self.rate.shape)}")
-        gc = self.eligibility * c
-        return self.rate + gc - gc.detach()
+        return _RateValue.apply(c, self.rate, self.eligibility)
 
 
 def record_multistep(x_seq: torch.Tensor, lif: LIF):
