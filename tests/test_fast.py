@@ -27,11 +27,11 @@ def currents(T, dtype=torch.float32):
     return (torch.randn(T, 3, 5, 7, dtype=dtype) * 0.8 + 0.6)
 
 
-def assert_same(fast, ref):
+def assert_same(fast, ref, rtol=1e-6, atol=1e-7):
     (s, r, g), (s_ref, r_ref, g_ref) = fast, ref
     assert torch.equal(s, s_ref)
     assert torch.equal(r, r_ref)
-    torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(g, g_ref, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("p", NEURONS, ids=neuron_id)
