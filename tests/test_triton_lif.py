@@ -11,7 +11,7 @@ import torch
 from snnkit import fast
 from snnkit.neuron import NeuronParams, lif_multistep_record
 
-from test_fast import NEURONS, assert_same, currents, neuron_id
+from test_fast import NEURONS, Triangle, assert_same, currents, neuron_id
 
 triton = pytest.importorskip("triton", reason="the kernel needs Triton (it ships with CUDA builds of torch)")
 
@@ -51,14 +51,13 @@ def test_kernel_matches_reference_in_interpreter(interpreted, name):
     assert_same(out, lif_multistep_record(x, p, p.make_surrogate()), **G_TOLERANCE)
 
 
-def test_kernel_applies_to_fp32_sigmoid_on_cuda_only():
-    from snnkit.triton_lif import applies
-
-    x, p = currents(2), NeuronParams()
-    assert not applies(x, p)
-    assert not applies(x.to("meta"), p)
+def test_kernel_serves_fp32_sigmoid_layers_on_cuda_only():
+    x, sigmoid = currents(2), NeuronParams().make_surrogate()
+    assert not fast.triton_applies(x, sigmoid)
     if torch.cuda.is_available():
-        assert applies(x.cuda(), p) and not applies(x.cuda().double(), p)
+        assert fast.triton_applies(x.cuda(), sigmoid)
+        assert not fast.triton_applies(x.cuda().double(), sigmoid)
+        assert not fast.triton_applies(x.cuda(), Triangle(1.0))
 
 
 @pytest.mark.cuda
@@ -67,6 +66,6 @@ def test_kernel_matches_reference_on_cuda(p):
     from snnkit.triton_lif import triton_multistep_record
 
     x = (torch.randn(8, 64, 32, 16, 16) * 0.8 + 0.6).cuda()
-    out = triton_multistep_record(x, p)
+    out = triton_multistep_record(x, p, p.make_surrogate())
     assert_same(out, lif_multistep_record(x, p, p.make_surrogate()), **G_TOLERANCE)
     assert_same(fast.multistep_record(x, p, p.make_surrogate()), out, rtol=0.0, atol=0.0)

@@ -17,5 +17,6 @@ from snnkit.triton_lif import triton_multistep_record
 if __name__ == "__main__":
     assert os.environ.get("TRITON_INTERPRET") == "1", "set TRITON_INTERPRET=1"
     cases = torch.load(sys.argv[1], weights_only=True)
-    outputs = {name: triton_multistep_record(x, NeuronParams(**p)) for name, (x, p) in cases.items()}
+    outputs = {name: triton_multistep_record(x, NeuronParams(**p), NeuronParams(**p).make_surrogate())
+               for name, (x, p) in cases.items()}
     torch.save(outputs, sys.argv[2])

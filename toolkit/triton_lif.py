@@ -17,6 +17,7 @@ import triton
 import triton.language as tl
 
 from .neuron import NeuronParams
+from .surrogate import Sigmoid
 
 BLOCK = 1024
 
@@ -60,12 +61,6 @@ def _lif_record_kernel(x_ptr, s_ptr, r_ptr, g_ptr, n, T,
     tl.store(g_ptr + offs, tl.math.div_rn(e_sum, steps), mask=mask)
 
 
-def applies(x_seq: torch.Tensor, p: NeuronParams) -> bool:
-    """The kernel serves fp32 currents on CUDA with the sigmoid surrogate (its scalars are fp32,
-    as torch's are for an fp32 tensor)."""
-    return x_seq.is_cuda and x_seq.dtype == torch.float32 and p.surrogate == "sigmoid"
-
-
 def _dense_steps(x_seq: torch.Tensor) -> torch.Tensor:
     """``x_seq`` with each step one dense block of memory, the steps one after another (a
     channels_last activation qualifies as it is); a copy only where that does not hold."""
@@ -76,17 +71,17 @@ def _dense_steps(x_seq: torch.Tensor) -> torch.Tensor:
     return x_seq.contiguous()
 
 
-def triton_multistep_record(x_seq: torch.Tensor, p: NeuronParams
+def triton_multistep_record(x_seq: torch.Tensor, p: NeuronParams, surrogate: Sigmoid
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Drop-in for :func:`~snnkit.neuron.lif_multistep_record` with the sigmoid surrogate:
-    (spikes [T, ...] laid out as ``x_seq``, r, g)."""
+    """Drop-in for :func:`~snnkit.neuron.lif_multistep_record` with the sigmoid surrogate and fp32
+    currents (:func:`snnkit.fast.triton_applies`): (spikes [T, ...] laid out as ``x_seq``, r, g)."""
     x_seq = _dense_steps(x_seq)
     spikes = torch.empty_like(x_seq)
     r, g = torch.empty_like(x_seq[0]), torch.empty_like(x_seq[0])
     n = r.numel()
     _lif_record_kernel[(triton.cdiv(n, BLOCK),)](
         x_seq, spikes, r, g, n, x_seq.shape[0],
-        p.decay, p.v_threshold, p.v_reset, p.alpha,
+        p.decay, p.v_threshold, p.v_reset, surrogate.alpha,
         SOFT=p.reset == "soft", DETACH=p.detach_reset, BLOCK=BLOCK,
         enable_fp_fusion=False,  # u = λ·v + x rounded twice, as the reference does
     )
