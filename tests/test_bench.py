@@ -7,6 +7,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import common  # noqa: E402
+import peers  # noqa: E402
 import train_cost  # noqa: E402
 
 from snnkit import spiking  # noqa: E402
@@ -71,13 +72,6 @@ def test_floor_reaches_every_parameter():
     assert all(g is not None and g.abs().sum() > 0 for g in grads_after(common.Floor(3), tiny()))
 
 
-def test_reference_spike_pass_is_scoped():
-    fast = spiking.record_multistep
-    with common.reference_spike_pass():
-        assert spiking.record_multistep is not fast
-    assert spiking.record_multistep is fast
-
-
 def setting(method, T, **options):
     return train_cost.Setting("digits_convnet", 0.25, 8, T, method, method, options, warmup=0, iters=1)
 
@@ -92,10 +86,52 @@ def test_bptt_saved_memory_grows_with_T():
     assert four > 3 * one
 
 
-def test_spike_pass_row_times_both_paths():
+def test_spike_pass_row_times_three_paths():
     out = train_cost.measure(setting("spike_pass", 2))
-    assert out["speedup"] == pytest.approx(out["reference_seconds"] / out["fast_seconds"])
-    assert out["lif_speedup"] == pytest.approx(out["lif_reference_seconds"] / out["lif_fast_seconds"])
+    for prefix in ("", "lif_"):
+        assert out[f"{prefix}speedup"] == pytest.approx(out[f"{prefix}reference_seconds"] / out[f"{prefix}fused_seconds"])
+        assert out[f"{prefix}speedup_over_eager"] == pytest.approx(
+            out[f"{prefix}eager_seconds"] / out[f"{prefix}fused_seconds"])
+    assert out["fused_first_call_seconds"] > out["fused_seconds"]  # it compiled
+
+
+def grads_of(net, method, T=2):
+    torch.manual_seed(4)
+    x = torch.rand(6, 1, 8, 8) * 2
+    net.zero_grad(set_to_none=True)
+    method.train_step(net, x.expand(T, *x.shape), torch.arange(6), lambda: None)
+    return {n: p.grad.clone() for n, p in net.named_parameters()}
+
+
+def test_spikingjelly_peer_is_snnkit_bptt_with_its_neuron_swapped():
+    net = tiny()
+    method = peers.SpikingJellyBPTT(3, net)
+    assert not spiking.spiking_layers(net.body)
+    assert len([m for m in net.body.modules() if isinstance(m, peers.SpikingJellyLIF)]) == 3
+    reference = grads_of(tiny(), build_method("bptt", 3, {"layout": "multi"}), T=3)
+    for name, g in grads_of(net, method, T=3).items():
+        torch.testing.assert_close(g, reference[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_snntorch_peer_at_one_step_is_snnkit_bptt():
+    """At T = 1 from rest the snnTorch membrane is the input current: its reset, one step late,
+    has not acted yet, so its gradients are snnkit's (they differ from T = 2 on)."""
+    pytest.importorskip("snntorch", reason="a peer of the bench extra: pip install -e '.[bench]'")
+    net = tiny()
+    method = peers.SnntorchBPTT(1, net)
+    reference = grads_of(tiny(), build_method("bptt", 1, {"layout": "single"}), T=1)
+    got = grads_of(net, method, T=1)
+    for name, g in got.items():
+        torch.testing.assert_close(g, reference[name], rtol=1e-5, atol=1e-7, msg=name)
+    again = grads_of(net, method, T=1)  # the membrane was cleared: the second iteration starts from rest
+    assert all(torch.equal(again[name], g) for name, g in got.items())
+
+
+def test_peer_rows_are_skipped_with_a_note_when_not_installed(monkeypatch):
+    monkeypatch.setattr(train_cost.importlib.util, "find_spec", lambda name: None)
+    base = train_cost.Setting("", 1.0, 0, 0, "", "", warmup=0, iters=1)
+    (row,) = train_cost.sweep([("digits_convnet", 0.25, 4)], [1], ["snntorch"], base)
+    assert row["error"] == "snntorch is not installed (pip install -e '.[bench]')"
 
 
 def test_lif_inputs_are_the_currents_of_every_layer():
