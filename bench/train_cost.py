@@ -37,10 +37,12 @@ from common import (Floor, Memopt, SavedTensorMeter, interleaved_medians, lif_in
                     markdown_table, median_seconds, peak_rss_bytes, write_atomic, write_json)
 from peers import PEERS  # noqa: E402
 
+from snnkit.config import RunConfig  # noqa: E402
 from snnkit.fast import MultistepRecorder, fast_multistep_record  # noqa: E402
 from snnkit.methods import METHODS, build_method  # noqa: E402
 from snnkit.models import ModelSpec, build_model  # noqa: E402
 from snnkit.neuron import lif_multistep_record  # noqa: E402
+from snnkit.training.precision import Precision, configure_backends  # noqa: E402
 
 log = logging.getLogger("bench.train_cost")
 INPUTS = {"digits_convnet": (1, 8, 8), "resnet18": (3, 32, 32), "vgg11": (3, 32, 32)}
@@ -64,6 +66,8 @@ class Setting:
     warmup: int = 2
     iters: int = 10
     device: str = "cpu"
+    amp: str = "none"  # autocast of the body, as run.amp (bench/gpu_check.py: bf16)
+    channels_last: bool = False  # conv weights and the input in channels_last, as the trainer on CUDA
 
 
 def rows(methods: list[str]) -> list[tuple[str, str, dict]]:
@@ -83,8 +87,11 @@ def rows(methods: list[str]) -> list[tuple[str, str, dict]]:
 def measure(s: Setting) -> dict:
     torch.manual_seed(0)
     device = torch.device(s.device)
-    net = build_model(ModelSpec(s.model, 10, INPUTS[s.model][0], width=s.width)).to(device)
-    x = torch.rand(s.batch, *INPUTS[s.model], device=device)
+    configure_backends(RunConfig(), device)  # on CUDA: cuDNN benchmark and TF32, as a training run
+    memory_format = torch.channels_last if s.channels_last else torch.preserve_format
+    net = build_model(ModelSpec(s.model, 10, INPUTS[s.model][0], width=s.width)).to(device, memory_format=memory_format)
+    Precision(s.amp, device).install(net)
+    x = torch.rand(s.batch, *INPUTS[s.model], device=device).contiguous(memory_format=memory_format)
     x_seq, y = x.expand(s.T, *x.shape), torch.randint(0, 10, (s.batch,), device=device)
     if s.method == "spike_pass":
         return spike_pass(net, x_seq, s, device)

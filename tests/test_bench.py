@@ -1,12 +1,16 @@
 """The benchmark's meters and baselines measure what they claim."""
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
 import common  # noqa: E402
+import gpu_check  # noqa: E402
 import peers  # noqa: E402
 import train_cost  # noqa: E402
 
@@ -139,3 +143,24 @@ def test_lif_inputs_are_the_currents_of_every_layer():
     currents = common.lif_inputs(net, x)
     assert [lif for lif, _ in currents] == spiking.spiking_layers(net.body)
     assert [tuple(c.shape[:2]) for _, c in currents] == [(2, 4)] * 3
+
+
+def test_gpu_check_stops_with_one_line_without_cuda():
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_check.py")], capture_output=True, text=True,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "gpu_check needs a CUDA device and torch.cuda.is_available() is False; run it on a GPU machine"]
+
+
+def test_gpu_check_steps_and_report_run_on_any_device():
+    """Its measurements and report, at a tiny size on CPU: what a GPU run goes through."""
+    base = train_cost.Setting("digits_convnet", 0.25, 4, 1, "", "", warmup=0, iters=1, amp="bf16",
+                              channels_last=True)
+    result = {"machine": common.machine(), "seconds": 1.0, "tests": {"passed": True, "summary": "2 passed"},
+              "training": gpu_check.training(base, [2]), "spike_pass": gpu_check.spike_pass(base, [2]),
+              "torchrun": gpu_check.torchrun_step()}
+    assert [r["row"] for r in result["training"]] == ["bptt", "rate_m", "rate_s"]
+    assert all(r["images_per_second"] == pytest.approx(4 / r["seconds"]) for r in result["training"])
+    md = gpu_check.report(result)
+    assert "| rate_s | 2 |" in md and "torchrun, 2 processes: not run" in md
