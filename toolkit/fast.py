@@ -7,6 +7,11 @@ each step works in a few preallocated buffers (no temporaries), computes u − V
 spike and the surrogate, folds α and a scalar ρ_t into one scaled accumulation, and keeps ρ_t a
 Python float where it is the same for every neuron (soft reset with the reset detached:
 ρ_t = 1 + λ + … + λ^{t−1}, rate_backprop.md §2.1).
+
+rate_M's spike pass goes through a :class:`MultistepRecorder`, which picks the fused form of the
+same loop where there is one: the Triton kernel of :mod:`snnkit.triton_lif` on CUDA, and on CPU
+the reference loop compiled by inductor into one loop over the T steps per shape (its spikes, r
+and g are the reference's; compiling pays off only on long runs, see ``COMPILE_AFTER_SECONDS``).
 """
 from __future__ import annotations
 
@@ -101,10 +106,13 @@ def fast_multistep_record(
 
 
 COMPILE_CHOICES = ("auto", "on", "off")
-# Eager seconds a shape must have cost before "auto" compiles it: about what compiling one shape
-# costs in a fresh process on a 2-core CPU (README, Benchmarks), so that a run never loses more
-# than it would have spent anyway (the ski-rental rule) and short runs never compile.
-COMPILE_AFTER_SECONDS = 10.0
+# "auto" compiles a shape once its eager calls have cost this many seconds. Measured on 2 CPU cores
+# (README, Benchmarks): compiling costs 5-28 s per shape cold (the first includes inductor's start),
+# 0.5-7 s from inductor's disk cache, and the compiled loop saves ~45 % of the eager pass's time.
+# At 30 s of eager time the saving forgone is about one cold compile (the ski-rental rule: a run
+# never pays more than about twice the best choice in hindsight), and a short run (the 30-epoch
+# digits recipe spends < 1 s per shape) never compiles.
+COMPILE_AFTER_SECONDS = 30.0
 
 Record = Callable[[torch.Tensor, NeuronParams, Surrogate], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
