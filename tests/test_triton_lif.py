@@ -13,7 +13,7 @@ from snnkit.neuron import NeuronParams, lif_multistep_record
 
 from test_fast import NEURONS, Triangle, assert_same, currents, neuron_id
 
-triton = pytest.importorskip("triton", reason="the kernel needs Triton (it ships with CUDA builds of torch)")
+pytest.importorskip("triton", reason="the kernel needs Triton (it ships with CUDA builds of torch)")
 
 
 HERE = Path(__file__).resolve().parent
