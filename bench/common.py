@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmarks: meters, the floor, the memopt baseline, the reference pass.
+"""Shared pieces of the benchmarks: meters, the floor, the memopt baseline, the LIF layers' inputs.
 
 Nothing here is imported by the library; the scripts in ``bench/`` run it through the public API.
 """
@@ -23,7 +23,6 @@ from torch import nn
 from snnkit import spiking
 from snnkit.config import Config, resolve_config
 from snnkit.methods import Method, StepOutput
-from snnkit.neuron import lif_multistep_record
 from snnkit.spiking import LIF, Mode, MultiStep, neuron_mode
 from snnkit.surrogate import heaviside
 
@@ -84,17 +83,26 @@ def peak_rss_bytes() -> int:
 # --- time ---------------------------------------------------------------------------------------
 def median_seconds(fn: Callable[[], object], warmup: int, iters: int, device: torch.device) -> float:
     """Median wall time of ``iters`` calls of ``fn`` after ``warmup`` calls."""
+    return interleaved_medians({"": fn}, warmup, iters, device)[""]
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], warmup: int, iters: int,
+                        device: torch.device) -> dict[str, float]:
+    """Median wall time of each of ``fns``, called in turn in every round, so that a change in the
+    machine's load hits them all alike."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
-        fn()
-    times = []
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(iters):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 # --- the floor: the network as an ANN ------------------------------------------------------------
@@ -157,18 +165,6 @@ class Memopt(Method):
             loss.backward()
         step()
         return StepOutput(loss.item(), logits.detach(), 0.0)
-
-
-# --- the pure-function spike pass, for comparison ------------------------------------------------
-@contextmanager
-def reference_spike_pass() -> Iterator[None]:
-    """Inside the block, multi-step recording runs the reference ``lif_multistep_record``."""
-    fast = spiking.record_multistep
-    spiking.record_multistep = lambda x_seq, lif: lif_multistep_record(x_seq, lif.neuron, lif.surrogate)
-    try:
-        yield
-    finally:
-        spiking.record_multistep = fast
 
 
 @torch.no_grad()

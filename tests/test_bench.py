@@ -1,5 +1,7 @@
 """The benchmark's meters and baselines measure what they claim."""
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -8,10 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
 import common  # noqa: E402
+import gpu_check  # noqa: E402
 import grad_agreement  # noqa: E402
 import onnx_latency  # noqa: E402
+import peers  # noqa: E402
 import train_cost  # noqa: E402
 
 from deploy_helpers import exact_input, model_and_checkpoint, write_run  # noqa: E402
@@ -79,13 +84,6 @@ def test_floor_reaches_every_parameter():
     assert all(g is not None and g.abs().sum() > 0 for g in grads_after(common.Floor(3), tiny()))
 
 
-def test_reference_spike_pass_is_scoped():
-    fast = spiking.record_multistep
-    with common.reference_spike_pass():
-        assert spiking.record_multistep is not fast
-    assert spiking.record_multistep is fast
-
-
 def setting(method, T, **options):
     return train_cost.Setting("digits_convnet", 0.25, 8, T, method, method, options, warmup=0, iters=1)
 
@@ -100,10 +98,52 @@ def test_bptt_saved_memory_grows_with_T():
     assert four > 3 * one
 
 
-def test_spike_pass_row_times_both_paths():
+def test_spike_pass_row_times_three_paths():
     out = train_cost.measure(setting("spike_pass", 2))
-    assert out["speedup"] == pytest.approx(out["reference_seconds"] / out["fast_seconds"])
-    assert out["lif_speedup"] == pytest.approx(out["lif_reference_seconds"] / out["lif_fast_seconds"])
+    for prefix in ("", "lif_"):
+        assert out[f"{prefix}speedup"] == pytest.approx(out[f"{prefix}reference_seconds"] / out[f"{prefix}fused_seconds"])
+        assert out[f"{prefix}speedup_over_eager"] == pytest.approx(
+            out[f"{prefix}eager_seconds"] / out[f"{prefix}fused_seconds"])
+    assert out["fused_first_call_seconds"] > out["fused_seconds"]  # it compiled
+
+
+def grads_of(net, method, T=2):
+    torch.manual_seed(4)
+    x = torch.rand(6, 1, 8, 8) * 2
+    net.zero_grad(set_to_none=True)
+    method.train_step(net, x.expand(T, *x.shape), torch.arange(6), lambda: None)
+    return {n: p.grad.clone() for n, p in net.named_parameters()}
+
+
+def test_spikingjelly_peer_is_snnkit_bptt_with_its_neuron_swapped():
+    net = tiny()
+    method = peers.SpikingJellyBPTT(3, net)
+    assert not spiking.spiking_layers(net.body)
+    assert len([m for m in net.body.modules() if isinstance(m, peers.SpikingJellyLIF)]) == 3
+    reference = grads_of(tiny(), build_method("bptt", 3, {"layout": "multi"}), T=3)
+    for name, g in grads_of(net, method, T=3).items():
+        torch.testing.assert_close(g, reference[name], rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_snntorch_peer_at_one_step_is_snnkit_bptt():
+    """At T = 1 from rest the snnTorch membrane is the input current: its reset, one step late,
+    has not acted yet, so its gradients are snnkit's (they differ from T = 2 on)."""
+    pytest.importorskip("snntorch", reason="a peer of the bench extra: pip install -e '.[bench]'")
+    net = tiny()
+    method = peers.SnntorchBPTT(1, net)
+    reference = grads_of(tiny(), build_method("bptt", 1, {"layout": "single"}), T=1)
+    got = grads_of(net, method, T=1)
+    for name, g in got.items():
+        torch.testing.assert_close(g, reference[name], rtol=1e-5, atol=1e-7, msg=name)
+    again = grads_of(net, method, T=1)  # the membrane was cleared: the second iteration starts from rest
+    assert all(torch.equal(again[name], g) for name, g in got.items())
+
+
+def test_peer_rows_are_skipped_with_a_note_when_not_installed(monkeypatch):
+    monkeypatch.setattr(train_cost.importlib.util, "find_spec", lambda name: None)
+    base = train_cost.Setting("", 1.0, 0, 0, "", "", warmup=0, iters=1)
+    (row,) = train_cost.sweep([("digits_convnet", 0.25, 4)], [1], ["snntorch"], base)
+    assert row["error"] == "snntorch is not installed (pip install -e '.[bench]')"
 
 
 def test_lif_inputs_are_the_currents_of_every_layer():
@@ -152,3 +192,24 @@ def test_gradient_agreement_is_exact_where_the_identities_say():
     head = "body.6.weight"  # the classifier: BPTT's gradient, × 1/T with the option; rate_S against bptt[single]
     assert at_T4["rate_m@method.divide_grad_by_T=true"][head] == pytest.approx([1, 1 / 4], abs=1e-5)
     assert at_T4["rate_s"][head] == pytest.approx([1, 1], abs=1e-5)
+
+
+def test_gpu_check_stops_with_one_line_without_cuda():
+    proc = subprocess.run([sys.executable, str(BENCH / "gpu_check.py")], capture_output=True, text=True,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "gpu_check needs a CUDA device and torch.cuda.is_available() is False; run it on a GPU machine"]
+
+
+def test_gpu_check_steps_and_report_run_on_any_device():
+    """Its measurements and report, at a tiny size on CPU: what a GPU run goes through."""
+    base = train_cost.Setting("digits_convnet", 0.25, 4, 1, "", "", warmup=0, iters=1, amp="bf16",
+                              channels_last=True)
+    result = {"machine": common.machine(), "seconds": 1.0, "tests": {"passed": True, "summary": "2 passed"},
+              "training": gpu_check.training(base, [2]), "spike_pass": gpu_check.spike_pass(base, [2]),
+              "torchrun": gpu_check.torchrun_step()}
+    assert [r["row"] for r in result["training"]] == ["bptt", "rate_m", "rate_s"]
+    assert all(r["images_per_second"] == pytest.approx(4 / r["seconds"]) for r in result["training"])
+    md = gpu_check.report(result)
+    assert "| rate_s | 2 |" in md and "torchrun, 2 processes: not run" in md

@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from snnkit import spiking
-from snnkit.fast import FastSpikePass, fast_multistep_record
+from snnkit import fast, spiking
+from snnkit.fast import FastSpikePass, MultistepRecorder, fast_multistep_record
 from snnkit.methods import build_method
 from snnkit.models import ModelSpec, build_model
 from snnkit.neuron import NeuronParams, RateRecorder, lif_multistep_record, lif_step
@@ -27,11 +27,11 @@ def currents(T, dtype=torch.float32):
     return (torch.randn(T, 3, 5, 7, dtype=dtype) * 0.8 + 0.6)
 
 
-def assert_same(fast, ref):
+def assert_same(fast, ref, rtol=1e-6, atol=1e-7):
     (s, r, g), (s_ref, r_ref, g_ref) = fast, ref
     assert torch.equal(s, s_ref)
     assert torch.equal(r, r_ref)
-    torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(g, g_ref, rtol=rtol, atol=atol)
 
 
 @pytest.mark.parametrize("p", NEURONS, ids=neuron_id)
@@ -132,11 +132,10 @@ def test_rate_gradients_unchanged_by_fast_pass(method, monkeypatch):
         build_method(method, 3).train_step(net, x_seq, y, lambda: None)
         return [p.grad.clone() for p in net.parameters()]
 
-    fast = grads()
-    monkeypatch.setattr(spiking, "record_multistep",
-                        lambda x, lif: lif_multistep_record(x, lif.neuron, lif.surrogate))
+    with_fast_pass = grads()
+    monkeypatch.setattr(fast, "fast_multistep_record", lif_multistep_record)
     monkeypatch.setattr(spiking, "FastSpikePass", ReferenceStepper)
-    for a, b in zip(fast, grads()):
+    for a, b in zip(with_fast_pass, grads()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
@@ -153,3 +152,46 @@ class ReferenceStepper:
 
     def result(self):
         return self.rec.result()
+
+
+@pytest.mark.slow  # a few seconds of inductor compilation per neuron
+@pytest.mark.parametrize("p", [p for p in NEURONS if p.v_reset != 0.0 or p.reset == "soft"], ids=neuron_id)
+def test_compiled_pass_matches_reference(p):
+    x = currents(4)
+    assert_same(MultistepRecorder("on")(x, p, p.make_surrogate()), lif_multistep_record(x, p, p.make_surrogate()))
+
+
+def test_auto_compiles_a_shape_once_its_eager_calls_cost_the_compile_time(monkeypatch):
+    p, x = NeuronParams(), currents(4)
+    recorder = MultistepRecorder("auto")
+    monkeypatch.setattr(fast, "COMPILE_AFTER_SECONDS", 3600.0)
+    for _ in range(3):
+        recorder(x, p, p.make_surrogate())
+    assert not recorder.compiled
+    monkeypatch.setattr(fast, "COMPILE_AFTER_SECONDS", recorder.eager_seconds[next(iter(recorder.eager_seconds))])
+    recorder(x, p, p.make_surrogate())
+    assert len(recorder.compiled) == 1
+    recorder(currents(5), p, p.make_surrogate())  # a new shape starts from zero
+    assert len(recorder.compiled) == 1 and len(recorder.eager_seconds) == 2
+
+
+def test_off_never_compiles_and_a_failed_compile_falls_back_to_eager(monkeypatch, caplog):
+    p, x = NeuronParams(), currents(4)
+    off = MultistepRecorder("off")
+    off(x, p, p.make_surrogate())
+    assert not off.compiled
+
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("no C++ compiler")
+        return run
+
+    monkeypatch.setattr(fast.torch, "compile", broken)
+    on = MultistepRecorder("on")
+    assert_same(on(x, p, p.make_surrogate()), lif_multistep_record(x, p, p.make_surrogate()))
+    assert on.compile == "off" and "no C++ compiler" in caplog.text
+
+
+def test_compile_option_is_checked():
+    with pytest.raises(ValueError, match="method.compile must be one of auto, on, off, got 'yes'"):
+        build_method("rate_m", 2, {"compile": "yes"})

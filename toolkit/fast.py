@@ -7,15 +7,26 @@ each step works in a few preallocated buffers (no temporaries), computes u − V
 spike and the surrogate, folds α and a scalar ρ_t into one scaled accumulation, and keeps ρ_t a
 Python float where it is the same for every neuron (soft reset with the reset detached:
 ρ_t = 1 + λ + … + λ^{t−1}, rate_backprop.md §2.1).
+
+rate_M's spike pass goes through a :class:`MultistepRecorder`, which picks the fused form of the
+same loop where there is one: the Triton kernel of :mod:`snnkit.triton_lif` on CUDA, and on CPU
+the reference loop compiled by inductor into one loop over the T steps per shape (its spikes, r
+and g are the reference's; compiling pays off only on long runs, see ``COMPILE_AFTER_SECONDS``).
 """
 from __future__ import annotations
 
-from typing import Optional
+import importlib.util
+import logging
+import time
+from collections import defaultdict
+from typing import Callable, Optional
 
 import torch
 
-from .neuron import NeuronParams, RateSums
+from .neuron import NeuronParams, RateSums, lif_multistep_record
 from .surrogate import Sigmoid, Surrogate
+
+log = logging.getLogger(__name__)
 
 
 class FastSpikePass(RateSums):
@@ -92,3 +103,62 @@ def fast_multistep_record(
     for t in range(x_seq.shape[0]):
         spass.step(x_seq[t], out=spikes[t])
     return (spikes, *spass.result())
+
+
+COMPILE_CHOICES = ("auto", "on", "off")
+# "auto" compiles a shape once its eager calls have cost this many seconds. Measured on 2 CPU cores
+# (README, Benchmarks): compiling costs 5-28 s per shape cold (the first includes inductor's start),
+# 0.5-7 s from inductor's disk cache, and the compiled loop saves ~45 % of the eager pass's time.
+# At 30 s of eager time the saving forgone is about one cold compile (the ski-rental rule: a run
+# never pays more than about twice the best choice in hindsight), and a short run (the 30-epoch
+# digits recipe spends < 1 s per shape) never compiles.
+COMPILE_AFTER_SECONDS = 30.0
+
+Record = Callable[[torch.Tensor, NeuronParams, Surrogate], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+class MultistepRecorder:
+    """Records one LIF layer's rate_M spike pass (all T steps per call) by the fastest exact path:
+    the Triton kernel (:mod:`snnkit.triton_lif`) on CUDA where it applies; otherwise the reference
+    loop compiled by inductor into one fused loop per input shape (``compile``: "on" at once,
+    "auto" once that shape's eager calls have cost :data:`COMPILE_AFTER_SECONDS`, "off" never);
+    otherwise the eager fast pass. Every path gives the reference's spikes and r bit for bit."""
+
+    def __init__(self, compile: str = "off"):
+        self.compile = compile
+        self.eager_seconds: dict[tuple, float] = defaultdict(float)
+        self.compiled: dict[tuple, Record] = {}
+
+    def __call__(self, x_seq: torch.Tensor, p: NeuronParams, surrogate: Surrogate):
+        if triton_applies(x_seq, surrogate):
+            from .triton_lif import triton_multistep_record
+
+            return triton_multistep_record(x_seq, p, surrogate)
+        key = (tuple(x_seq.shape), x_seq.dtype, x_seq.device, p, type(surrogate), surrogate.alpha)
+        if key not in self.compiled and self._pays_off(key):
+            log.info("compiling the spike pass for LIF input %s (compile=%s)", list(x_seq.shape), self.compile)
+            self.compiled[key] = torch.compile(lif_multistep_record, dynamic=False, fullgraph=True)
+        if key in self.compiled:
+            try:
+                with torch._dynamo.config.patch(recompile_limit=64):  # one cache entry per shape
+                    return self.compiled[key](x_seq, p, surrogate)
+            except Exception as err:  # e.g. no C++ compiler: stay exact, eagerly
+                log.warning("compiling the spike pass failed, so it runs eagerly: %s", err)
+                self.compile, self.compiled = "off", {}
+        start = time.perf_counter()
+        out = fast_multistep_record(x_seq, p, surrogate)
+        self.eager_seconds[key] += time.perf_counter() - start
+        return out
+
+    def _pays_off(self, key: tuple) -> bool:
+        return self.compile == "on" or (self.compile == "auto" and self.eager_seconds[key] >= COMPILE_AFTER_SECONDS)
+
+
+def triton_applies(x_seq: torch.Tensor, surrogate: Surrogate) -> bool:
+    """The Triton kernel serves this layer: fp32 currents on CUDA (its scalars are fp32, as torch's
+    are for an fp32 tensor), the sigmoid surrogate, and Triton installed (CUDA builds of torch)."""
+    return (x_seq.is_cuda and x_seq.dtype == torch.float32 and isinstance(surrogate, Sigmoid)
+            and importlib.util.find_spec("triton") is not None)
+
+
+multistep_record = MultistepRecorder()

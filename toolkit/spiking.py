@@ -14,7 +14,8 @@ from typing import Callable, Iterator, NamedTuple, Optional
 import torch
 from torch import nn
 
-from .fast import FastSpikePass, fast_multistep_record
+from . import fast
+from .fast import FastSpikePass
 from .neuron import NeuronParams, lif_multistep, lif_step
 from .surrogate import heaviside
 
@@ -71,19 +72,21 @@ class MultiStep(Mode):
 
     With autograd on, the surrogate carries the gradient; where SpikingJelly's fused multi-step
     LIF applies it runs the loop, otherwise the reference loop does. With ``record`` (no autograd)
-    it keeps the rate r and eligibility g of rate_backprop.md §2.1.
+    it keeps the rate r and eligibility g of rate_backprop.md §2.1, computed by ``recorder``
+    (:data:`snnkit.fast.multistep_record` unless given).
     """
 
-    def __init__(self, T: int, record: bool = False):
+    def __init__(self, T: int, record: bool = False, recorder: Optional[fast.Record] = None):
         super().__init__()
-        self.T, self.record = T, record
+        self.T, self.record, self.recorder = T, record, recorder
         self.rate: Optional[torch.Tensor] = None
         self.eligibility: Optional[torch.Tensor] = None
 
     def __call__(self, lif: LIF, x: torch.Tensor) -> torch.Tensor:
         x_seq = x.unflatten(0, (self.T, -1))  # [T·B, ...] -> [T, B, ...]
         if self.record:
-            s_seq, self.rate, self.eligibility = record_multistep(x_seq, lif)
+            record = self.recorder or fast.multistep_record
+            s_seq, self.rate, self.eligibility = record(x_seq, lif.neuron, lif.surrogate)
         elif torch.is_grad_enabled():
             s_seq = surrogate_multistep(x_seq, lif)
         else:
@@ -123,6 +126,21 @@ class SingleStep(Mode):
         return self.recorder.result()
 
 
+class _RateValue(torch.autograd.Function):
+    """``r + g⊙c − stopgrad(g⊙c)`` (rate_backprop.md §2.2) without its cost: the value is r itself
+    (autograd hands out a view, no copy) and backward multiplies by g, the only tensor saved."""
+
+    @staticmethod
+    def forward(ctx, c: torch.Tensor, rate: torch.Tensor, eligibility: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(eligibility)
+        return rate
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (eligibility,) = ctx.saved_tensors
+        return grad * eligibility, None, None
+
+
 class RatePass(Mode):
     """The rate pass: value r from the spike pass, Jacobian diag(g) with respect to the current."""
 
@@ -133,14 +151,7 @@ class RatePass(Mode):
     def __call__(self, lif: LIF, c: torch.Tensor) -> torch.Tensor:
         if c.shape != self.rate.shape:
             raise RuntimeError(f"rate pass got {tuple(c.shape)}, spike pass saw {tuple(self.rate.shape)}")
-        gc = self.eligibility * c
-        return self.rate + gc - gc.detach()
-
-
-def record_multistep(x_seq: torch.Tensor, lif: LIF):
-    """The spike pass of one layer, (spikes [T, ...], r, g), by the fast pass of :mod:`snnkit.fast`
-    (tested identical to the reference :func:`~snnkit.neuron.lif_multistep_record`)."""
-    return fast_multistep_record(x_seq, lif.neuron, lif.surrogate)
+        return _RateValue.apply(c, self.rate, self.eligibility)
 
 
 def spikingjelly_applies(x_seq: torch.Tensor, p: NeuronParams) -> bool:
@@ -222,10 +233,12 @@ class SpikingNet(nn.Module):
         logits_seq, modes = self.run_multistep(x_seq)
         return SpikeOutput(logits_seq, spike_counts(modes))
 
-    def run_multistep(self, x_seq: torch.Tensor, record: bool = False) -> tuple[torch.Tensor, list[Mode]]:
-        """Stateless layers on all T·B samples at once; returns ([T, B, classes], the layers' modes)."""
+    def run_multistep(self, x_seq: torch.Tensor, record: bool = False, recorder: Optional[fast.Record] = None
+                      ) -> tuple[torch.Tensor, list[Mode]]:
+        """Stateless layers on all T·B samples at once; returns ([T, B, classes], the layers' modes).
+        With ``record``, each LIF layer's r and g come from ``recorder`` (see :class:`MultiStep`)."""
         T = x_seq.shape[0]
-        with neuron_mode(self.body, lambda _: MultiStep(T, record)) as modes:
+        with neuron_mode(self.body, lambda _: MultiStep(T, record, recorder)) as modes:
             y = self.body(x_seq.flatten(0, 1))  # [T, B, ...] -> [T·B, ...]
         return y.unflatten(0, (T, -1)), modes
 

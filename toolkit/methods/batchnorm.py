@@ -17,6 +17,7 @@ from typing import Iterator
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -131,17 +132,52 @@ def spike_statistics(records: list[tuple[torch.Tensor, torch.Tensor]], eps: floa
     return means, inv_std.pow(-2) - eps
 
 
+class _StraightThrough(torch.autograd.Function):
+    """BN with the straight-through statistics (rate_backprop.md §2.2): the value
+    γ(a − μ_spike)/sqrt(σ²_spike + ε) + β; the gradient of
+    μ̂ = μ_spike + (μ_b − sg(μ_b)), σ̂² = σ²_spike + (σ²_b − sg(σ²_b)) in that formula, μ_b and σ²_b
+    the batch statistics of a (over all ranks if ``sync``). Written out, it saves what BN saves
+    (a and per-channel vectors) where the formula under autograd kept three activations:
+
+        ∂L/∂a = γ·istd·(go − mean(go) − (a − μ_b)·istd·mean(go·x̂)),  x̂ = (a − μ_spike)·istd,
+        ∂L/∂γ = Σ go·x̂,  ∂L/∂β = Σ go,  istd = 1/sqrt(σ²_spike + ε), means over the batch.
+    """
+
+    @staticmethod
+    def forward(ctx, a, weight, bias, mean_spike, var_spike, eps: float, sync: bool):
+        a32 = a.to(torch.promote_types(a.dtype, torch.float32))
+        mean_b, _ = channel_stats(a32, sync)
+        istd = torch.rsqrt(var_spike + eps)
+        ctx.save_for_backward(a, weight, mean_spike, istd, mean_b)
+        ctx.sync = sync
+        with torch.autocast(a.device.type, enabled=False):
+            return F.batch_norm(a32, mean_spike, var_spike, weight, bias, False, 0.0, eps)
+
+    @staticmethod
+    def backward(ctx, go):
+        a, weight, mean_spike, istd, mean_b = ctx.saved_tensors
+        a32 = a.to(go.dtype)
+        dims, shape = [0, *range(2, a.dim())], (1, -1) + (1,) * (a.dim() - 2)
+        sum_go = go.sum(dims)
+        sum_go_xhat = (go * (a32 - mean_spike.view(shape))).sum(dims) * istd
+        grad_a = None
+        if ctx.needs_input_grad[0]:
+            sums = torch.cat([sum_go, sum_go_xhat, go.new_tensor([a.numel() / a.shape[1]])])
+            if ctx.sync:
+                dist.all_reduce(sums)
+            c = sum_go.numel()
+            mean_go, mean_go_xhat = sums[:c] / sums[-1], sums[c:2 * c] / sums[-1]
+            k = istd if weight is None else istd * weight
+            grad_a = (go - mean_go.view(shape) - (a32 - mean_b.view(shape)) * (istd * mean_go_xhat).view(shape))
+            grad_a = (grad_a * k.view(shape)).to(a.dtype)
+        grad_w = sum_go_xhat if ctx.needs_input_grad[1] else None
+        grad_b = sum_go if ctx.needs_input_grad[2] else None
+        return grad_a, grad_w, grad_b, None, None, None, None
+
+
 def _straight_through(bn: _BatchNorm, mean_spike: torch.Tensor, var_spike: torch.Tensor,
                       a: torch.Tensor) -> torch.Tensor:
-    """μ̂ = μ_spike + (μ_b − sg(μ_b)), σ̂² = σ²_spike + (σ²_b − sg(σ²_b)); γ(a − μ̂)/sqrt(σ̂² + ε) + β."""
-    mean_b, var_b = channel_stats(a, _syncs(bn))
-    mean = mean_spike + (mean_b - mean_b.detach())
-    var = var_spike + (var_b - var_b.detach())
-    shape = (1, -1) + (1,) * (a.dim() - 2)
-    out = (a - mean.view(shape)) * torch.rsqrt(var.view(shape) + bn.eps)
-    if bn.affine:
-        out = out * bn.weight.view(shape) + bn.bias.view(shape)
-    return out
+    return _StraightThrough.apply(a, bn.weight, bn.bias, mean_spike, var_spike, bn.eps, _syncs(bn))
 
 
 @contextmanager

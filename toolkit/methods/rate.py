@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..fast import COMPILE_CHOICES, MultistepRecorder
 from ..spiking import RatePass, firing_rate, neuron_mode, spiking_layers
 from .base import Method, StepOutput, register_method
 from .batchnorm import BNStats, record_batchnorm, straight_through_batchnorm
@@ -23,6 +24,14 @@ class RateOptions(ScalingOptions):
     # weight decay mean the same for every method. On: × 1/T as in the reference code (the loss
     # value is unchanged); with SGD that is lr/T and weight decay ×T, the paper's rate_M runs.
     divide_grad_by_T: bool = False
+    # Compile rate_M's spike pass on CPU (snnkit.fast.MultistepRecorder): "auto" once a shape has
+    # cost about what compiling it costs, "on" at once, "off" never. CUDA runs the Triton kernel.
+    compile: str = "auto"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.compile not in COMPILE_CHOICES:
+            raise ValueError(f"method.compile must be one of {', '.join(COMPILE_CHOICES)}, got {self.compile!r}")
 
 
 @dataclass
@@ -35,6 +44,10 @@ class SpikePass:
 class RateBackprop(Method):
     Options = RateOptions
     multistep: bool  # the spike pass's layout: rate_M all steps at once, rate_S one step per call
+
+    def __init__(self, T, options=None):
+        super().__init__(T, options)
+        self.recorder = MultistepRecorder(self.options.compile)  # keeps its compiled shapes across steps
 
     def train_step(self, net, x_seq, y, step):
         spikes = self.spike_pass(net, x_seq)
@@ -49,8 +62,10 @@ class RateBackprop(Method):
     @torch.no_grad()
     def spike_pass(self, net, x_seq) -> SpikePass:
         with record_batchnorm(net.body) as bn_stats:
-            run = net.run_multistep if self.multistep else net.run_singlestep
-            logits_seq, modes = run(x_seq, record=True)
+            if self.multistep:
+                logits_seq, modes = net.run_multistep(x_seq, record=True, recorder=self.recorder)
+            else:
+                logits_seq, modes = net.run_singlestep(x_seq, record=True)
         return SpikePass(logits_seq, modes, bn_stats)
 
     def rate_pass(self, net, x_seq, spikes: SpikePass) -> torch.Tensor:
