@@ -118,6 +118,9 @@ def checkpoint_for(model: OnnxModel, checkpoint: Optional[str | Path]) -> str | 
     if model.meta is None:
         raise SnnkitError(f"{model.path} has no snnkit metadata; pass --checkpoint with the checkpoint "
                           "it was exported from to evaluate it")
+    if "checkpoint" not in model.meta:
+        raise SnnkitError(f"{model.path}'s snnkit metadata names no checkpoint; pass --checkpoint with the "
+                          "checkpoint it was exported from to evaluate it")
     if not Path(model.meta["checkpoint"]).is_file():
         raise SnnkitError(f"{model.path} was exported from {model.meta['checkpoint']}, which is gone; "
                           "pass --checkpoint with that checkpoint's new location")
@@ -125,15 +128,26 @@ def checkpoint_for(model: OnnxModel, checkpoint: Optional[str | Path]) -> str | 
 
 
 def check_match(model: OnnxModel, topo: Topology, T: int) -> None:
-    if model.meta is not None and (model.meta["layer_names"] != topo.layer_names or model.meta["T"] != T):
+    if model.meta is not None and (model.meta.get("layer_names") != topo.layer_names or model.meta.get("T") != T):
         raise SnnkitError(f"{model.path} was not exported from this checkpoint (its layers or T differ); "
                           "pass the matching --checkpoint or re-export")
+
+
+def check_outputs(path: Path, ref: Predictions, got: Predictions) -> None:
+    """A graph exported elsewhere (no metadata to compare) must at least give the model's shapes."""
+    if got.logits.shape != ref.logits.shape or got.spike_counts.shape != ref.spike_counts.shape:
+        raise SnnkitError(f"{path} gives logits {list(got.logits.shape)} and spike counts "
+                          f"{list(got.spike_counts.shape)} where the checkpoint's model gives "
+                          f"{list(ref.logits.shape)} and {list(ref.spike_counts.shape)}; it was not exported "
+                          "from this checkpoint")
 
 
 def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path] = None,
              data_root: Optional[str] = None, batch_size: int = 256,
              thresholds: Thresholds = Thresholds()) -> EvalResult:
     """Evaluate the checkpoint (default ``runs/latest``) or, with ``onnx``, the graph against it."""
+    if batch_size < 1:
+        raise SnnkitError(f"--batch-size must be at least 1, got {batch_size}")
     model = load_onnx(onnx) if onnx is not None else None
     ckpt_path = checkpoint_for(model, checkpoint) if model is not None else (checkpoint or LATEST)
     ckpt = load_checkpoint(ckpt_path)
@@ -147,6 +161,7 @@ def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path]
                           efficiency_report(topo, ref.spike_counts, T, kind))
     check_match(model, topo, T)
     got = predict_graph(lambda x: model.run(x.numpy()), batches, T, kind)
+    check_outputs(model.path, ref, got)
     # Folding BN rounds differently from conv-then-BN in float32, so a neuron within an ulp of its
     # threshold may flip: parity gates on the exported arithmetic (the graph against its PyTorch
     # twin); what folding alone changes is measured against the checkpoint's model and reported.
