@@ -345,6 +345,8 @@ DAMAGED = {  # (edit, message, the commands that read the entry: resume rebuilds
     "no data kind": (lambda c: c["data"].pop("kind"), "its 'data.kind' entry is missing or malformed",
                      ("export", "eval", "resume")),
     "no model name": (lambda c: c["model"].pop("name"), "the checkpoint's model spec is damaged", ("export", "eval")),
+    "a weight of another shape": (lambda c: c["state_dict"].update({"body.0.0.weight": torch.zeros(1)}),
+                                  "the checkpoint's weights do not fit its model spec", ("export", "eval")),
 }
 
 

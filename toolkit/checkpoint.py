@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .errors import CheckpointError
+from .errors import CheckpointError, one_line
 from .files import atomic_write_with
 from .models import ModelSpec, build_model
 from .spiking import SpikingNet
@@ -83,7 +83,8 @@ def model_from_checkpoint(ckpt: dict) -> SpikingNet:
     try:
         net.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
-        raise CheckpointError(f"the checkpoint's weights do not fit its model spec ({e}); it is damaged") from None
+        raise CheckpointError(f"the checkpoint's weights do not fit its model spec ({one_line(e)}); "
+                              "it is damaged") from None
     return net.eval()
 
 

@@ -8,9 +8,14 @@ class SnnkitError(Exception):
         text = super().__str__()
         # A DataLoader worker's error reaches the main process re-raised as
         # type(e)("Caught ... Original Traceback ...\n<module>.<Class>: <message>"): keep the message.
-        if "\n" in text:
+        if text.startswith("Caught ") and "Original Traceback" in text:
             return text.rstrip().splitlines()[-1].split(": ", 1)[-1]
         return text
+
+
+def one_line(cause: BaseException) -> str:
+    """An exception's text on one line (PyTorch's state-dict errors span several)."""
+    return " ".join(str(cause).split())
 
 
 class ConfigError(SnnkitError, ValueError):

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from ..checkpoint import CHECKPOINT_NAME, atomic_save, make_checkpoint, nonfinite
 from ..config import Config
 from ..data import DataBundle, encode, load_dataset
-from ..errors import CheckpointError, DataError, DivergedError
+from ..errors import CheckpointError, DataError, DivergedError, one_line
 from ..files import append_line, atomic_write_text
 from ..methods import Method, build_method
 from ..methods.batchnorm import convert_sync_batchnorm
@@ -215,7 +215,7 @@ class Trainer:
             self.precision.load_state_dict(state.get("grad_scaler", {}))
             self.epoch, self.best_acc, self.best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
         except (KeyError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"the checkpoint's training state is damaged ({type(e).__name__}: {e}); "
+            raise CheckpointError(f"the checkpoint's training state is damaged ({type(e).__name__}: {one_line(e)}); "
                                   "resume from a copy of the run or retrain") from None
         self.saved_epoch = self.epoch
         metrics = self.run_dir / "metrics.jsonl"
