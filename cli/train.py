@@ -1,6 +1,7 @@
 """``snnkit train [CONFIG] [options]``."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -37,8 +38,12 @@ def train(
         else:
             flags = {"method.name": method, "optim.epochs": epochs, "method.T": T, "run.device": device,
                      "run.amp": amp, "run.seed": seed, "run.name": name}
-            overrides = [*(set_ or []), *(f"{k}={v}" for k, v in flags.items() if v is not None)]
+            # Strings quoted, so that --name 007 stays the string "007" (YAML would read a number).
+            overrides = [*(set_ or []), *(f"{k}={json.dumps(v) if isinstance(v, str) else v}"
+                                          for k, v in flags.items() if v is not None)]
             result = train_run(resolve_config(config, overrides))
     if is_main_process():
-        console.print(f"final test accuracy {result.final_acc:.2%}, best {result.best_acc:.2%} "
-                      f"(epoch {result.best_epoch}), {result.seconds:.1f}s; run in {result.run_dir}")
+        done = "already finished; nothing changed: " if result.already_finished else ""
+        console.print(f"{done}final test accuracy {result.final_acc:.2%}, best {result.best_acc:.2%} "
+                      f"(epoch {result.best_epoch}), {result.seconds:.1f}s; run in {result.run_dir}",
+                      markup=False, highlight=False, soft_wrap=True)

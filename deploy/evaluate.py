@@ -148,17 +148,21 @@ def evaluation_batches(ckpt: dict, root: Optional[str], batch_size: int) -> list
 
 def checkpoint_for(model: OnnxModel, checkpoint: Optional[str | Path]) -> Path:
     """``checkpoint``, or the one the graph names beside it; either must have the recorded SHA-256."""
-    if checkpoint is None and model.meta is None:
-        raise SnnkitError(f"{model.path} has no snnkit metadata; pass --checkpoint with the checkpoint "
-                          "it was exported from to evaluate it")
+    recorded = model.meta.get("checkpoint") if model.meta is not None else None
+    if recorded is not None and not (isinstance(recorded, dict) and {"file", "sha256"} <= recorded.keys()):
+        recorded = None
+    if checkpoint is None and recorded is None:
+        what = "no snnkit metadata" if model.meta is None else "snnkit metadata that names no checkpoint"
+        raise SnnkitError(f"{model.path} has {what}; pass --checkpoint with the checkpoint it was exported "
+                          "from to evaluate it")
     if checkpoint is not None:
         path = resolve_checkpoint_path(checkpoint)
     else:
-        path = model.path.parent / model.meta["checkpoint"]["file"]
+        path = model.path.parent / recorded["file"]
         if not path.is_file():
-            raise SnnkitError(f"{model.path} was exported from {model.meta['checkpoint']['file']}, which is not "
-                              "beside it; pass --checkpoint with that checkpoint")
-    if model.meta is not None and file_sha256(path) != model.meta["checkpoint"]["sha256"]:
+            raise SnnkitError(f"{model.path} was exported from {recorded['file']}, which is not beside it; "
+                              "pass --checkpoint with that checkpoint")
+    if recorded is not None and file_sha256(path) != recorded["sha256"]:
         raise SnnkitError(f"{path} is not the checkpoint {model.path} was exported from (its SHA-256 differs); "
                           "pass that checkpoint with --checkpoint, or re-export")
     return path
@@ -182,6 +186,8 @@ def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path]
              data_root: Optional[str] = None, batch_size: int = 256, model: Optional[OnnxModel] = None) -> EvalResult:
     """Evaluate the checkpoint (default ``runs/latest``) or, with ``onnx`` (or an opened ``model``),
     the graph against it, at the graph's T."""
+    if batch_size < 1:
+        raise SnnkitError(f"--batch-size must be at least 1, got {batch_size}")
     model = model or (load_onnx(onnx) if onnx is not None else None)
     ckpt_path = checkpoint_for(model, checkpoint) if model is not None else resolve_checkpoint_path(checkpoint or LATEST)
     ckpt = load_checkpoint(ckpt_path)

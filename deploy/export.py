@@ -27,7 +27,7 @@ import onnxslim
 import torch
 
 from snnkit import __version__
-from snnkit.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
+from snnkit.checkpoint import load_checkpoint, model_from_checkpoint, nonfinite, resolve_checkpoint_path
 from snnkit.errors import SnnkitError
 
 from . import OPSET, OPSETS
@@ -107,6 +107,9 @@ def export_checkpoint(checkpoint: str | Path, out: Optional[str | Path] = None, 
         raise SnnkitError(f"--T {T} is not a number of time steps; give 1 or more")
     ckpt_path = resolve_checkpoint_path(checkpoint)
     ckpt = load_checkpoint(ckpt_path)
+    if bad := nonfinite(ckpt["state_dict"]):
+        raise SnnkitError(f"{ckpt_path} holds non-finite weights ({bad[0]}): its run diverged; export an "
+                          "earlier checkpoint or retrain with a lower optim.lr")
     out = Path(out) if out is not None else ckpt_path.parent / ONNX_NAME
     data, T = ckpt["data"], int(T or ckpt["T"])
     kind, input_shape = data["kind"], tuple(data["input_shape"])

@@ -58,7 +58,14 @@ class OnnxModel:
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``x`` in the graph's input layout -> (logits [B, classes], spike_counts [B, L])."""
-        logits, counts = self.session.run(OUTPUTS, self.feed(x))
+        try:
+            logits, counts = self.session.run(OUTPUTS, self.feed(x))
+        except Exception as e:  # onnxruntime's own exception types: the graph rejects this input
+            raise SnnkitError(f"{self.path} cannot run on inputs of shape {list(x.shape)} "
+                              f"({str(e).splitlines()[0]}); give the graph exported from this checkpoint") from None
+        if logits.ndim != 2 or counts.ndim != 2 or len(counts) != len(logits):
+            raise SnnkitError(f"{self.path} gives logits of shape {list(logits.shape)} and spike counts of shape "
+                              f"{list(counts.shape)}; snnkit graphs give [batch, classes] and [batch, layers]")
         return logits, counts
 
     def weights(self) -> dict[str, np.ndarray]:
@@ -101,5 +108,9 @@ def load_onnx(path: str | Path, providers: Optional[list[str]] = None,
         raise SnnkitError(f"{path} has outputs {outputs}; snnkit needs exactly {OUTPUTS} "
                           "(export the model with `snnkit export`)")
     props = session.get_modelmeta().custom_metadata_map
-    meta = {k: json.loads(v) for k, v in props.items() if k in META_KEYS} if "snnkit_version" in props else None
+    try:
+        meta = {k: json.loads(v) for k, v in props.items() if k in META_KEYS} if "snnkit_version" in props else None
+    except json.JSONDecodeError:
+        raise SnnkitError(f"{path} has snnkit metadata whose values are not JSON; re-export it with "
+                          "`snnkit export`") from None
     return OnnxModel(path, session, meta, options)

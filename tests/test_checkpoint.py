@@ -12,7 +12,9 @@ def saved(tmp_path):
     spec = ModelSpec("digits_convnet", 10, 1, NeuronParams(decay=0.3, reset="hard"), width=0.25)
     net = build_model(spec)
     net.train()(torch.randn(2, 4, 1, 8, 8))  # move BN running statistics off their defaults
-    ckpt = make_checkpoint(net, spec, 2, {"name": "digits", "input_shape": [1, 8, 8]}, {"recipe": "digits"})
+    data = {"name": "digits", "input_shape": [1, 8, 8], "class_names": [str(i) for i in range(10)],
+            "kind": "static", "normalization": {}}
+    ckpt = make_checkpoint(net, spec, 2, data, {"recipe": "digits"})
     atomic_save(ckpt, tmp_path / "checkpoint.pt")
     return net.eval(), tmp_path / "checkpoint.pt"
 

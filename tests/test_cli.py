@@ -57,7 +57,7 @@ def test_train_writes_a_run_directory(tmp_path):
                                  "--set", "data.batch_size=128", "--set", "model.width=0.25"])
     assert result.exit_code == 0, result.output
     run = tmp_path / "one"
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "checkpoint.pt", "config.yaml", "curves.png",
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "best.pt", "checkpoint.pt", "config.yaml", "curves.png",
                                                      "metrics.jsonl", "results.json"]
     results = json.loads((run / "results.json").read_text())
     assert results["neuron"] == {"decay": 0.2, "v_threshold": 1.0, "reset": "soft", "v_reset": 0.0,

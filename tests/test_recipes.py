@@ -78,8 +78,8 @@ def test_cifar10_resnet18_recipe_trains_on_tiny_pickles(tmp_path, method):
 
 @pytest.mark.slow
 def test_cifar10dvs_vggsnn_recipe_trains_on_tiny_frames(tmp_path):
-    write_dvs_frames(tmp_path / "data", per_class=2)
-    assert run_recipe("cifar10dvs_vggsnn", tmp_path / "data", tmp_path / "runs")["epoch"] == 1
+    write_dvs_frames(tmp_path / "data", per_class=10)  # the 9:1 split keeps one test sample per class
+    assert run_recipe("cifar10dvs_vggsnn", tmp_path / "data", tmp_path / "runs", ["data.batch_size=45"])["epoch"] == 1
 
 
 @pytest.mark.slow

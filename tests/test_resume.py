@@ -64,7 +64,7 @@ def test_killed_mid_epoch_then_resumed_equals_uninterrupted(tmp_path, monkeypatc
     stopped = tmp_path / "stopped"
     assert load_checkpoint(stopped)["train_state"]["epoch"] == 1  # the last good checkpoint, intact
     assert len(metrics(stopped)) == 1
-    assert not [p.name for p in stopped.iterdir() if p.name.startswith(".")]  # no half-written files
+    assert not [p.name for p in stopped.iterdir() if p.name.endswith(".tmp")]  # no half-written files
     resume(stopped, QUIET, data)
     assert_same_run(tmp_path / "full", stopped)
 

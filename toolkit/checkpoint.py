@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from . import __version__
-from .errors import CheckpointError
+from .errors import CheckpointError, one_line
 from .files import atomic_write_with
 from .models import ModelSpec, build_model
 from .spiking import SpikingNet
@@ -20,6 +20,8 @@ from .spiking import SpikingNet
 FORMAT = "snnkit.checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
+FIELDS = {"model": dict, "T": int, "data": dict, "config": dict, "state_dict": dict, "train_state": dict}
+DATA_FIELDS = ("name", "kind", "input_shape", "class_names", "normalization")
 
 
 def make_checkpoint(net: SpikingNet, spec: ModelSpec, T: int, data: dict, config: dict,
@@ -42,6 +44,9 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     p = Path(path)
     if p.is_dir():
         p = p / CHECKPOINT_NAME
+        if not p.is_file() and (p.parent / "config.yaml").is_file():
+            raise CheckpointError(f"{path} has no checkpoint yet: its run has not finished its first epoch "
+                                  f"(if it was stopped, `snnkit train --resume {path}` starts it again)")
     if not p.is_file():
         raise CheckpointError(f"no checkpoint at {path}; give a run directory or a {CHECKPOINT_NAME} file "
                               "(train one with `snnkit train`)")
@@ -60,13 +65,29 @@ def load_checkpoint(path: str | Path) -> dict:
                               "give a checkpoint written by `snnkit train`")
     if ckpt.get("format_version", 0) > FORMAT_VERSION:
         raise CheckpointError(f"{p} was written by a newer snnkit (format {ckpt['format_version']}); upgrade snnkit")
+    bad = next((k for k, t in FIELDS.items() if not isinstance(ckpt.get(k), t)), None)
+    bad = bad or next((f"data.{k}" for k in DATA_FIELDS if k not in ckpt["data"]), None)
+    if bad is not None:
+        raise CheckpointError(f"{p} is damaged: its '{bad}' entry is missing or malformed; use another "
+                              "checkpoint of the run (best.pt) or retrain")
     return ckpt
 
 
 def model_from_checkpoint(ckpt: dict) -> SpikingNet:
-    net = build_model(ModelSpec.from_dict(ckpt["model"]))
+    try:
+        spec = ModelSpec.from_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"the checkpoint's model spec is damaged ({type(e).__name__}: {e}); "
+                              "use another checkpoint of the run (best.pt) or retrain") from None
+    net = build_model(spec)
     try:
         net.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
-        raise CheckpointError(f"the checkpoint's weights do not fit its model spec ({e}); it is damaged") from None
+        raise CheckpointError(f"the checkpoint's weights do not fit its model spec ({one_line(e)}); "
+                              "it is damaged") from None
     return net.eval()
+
+
+def nonfinite(state_dict: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of ``state_dict`` holding a NaN or an infinity."""
+    return [name for name, t in state_dict.items() if t.is_floating_point() and not bool(t.isfinite().all())]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,6 +23,12 @@ from .neuron import NeuronParams
 
 DEFAULT_RECIPE = "digits"
 AMP_CHOICES = ("none", "bf16", "fp16")
+RESERVED_NAMES = ("latest",)  # <out_dir>/latest is the link to the newest run
+
+
+def require(ok: bool, key: str, rule: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key} must be {rule}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -31,11 +38,18 @@ class DataConfig:
     batch_size: int = 64
     workers: int = 0
 
+    def __post_init__(self):
+        require(self.batch_size >= 1, "data.batch_size", "at least 1", self.batch_size)
+        require(self.workers >= 0, "data.workers", "0 or more", self.workers)
+
 
 @dataclass(frozen=True)
 class ModelConfig:
     name: str = "digits_convnet"
     width: float = 1.0  # multiplier on every channel count
+
+    def __post_init__(self):
+        require(self.width > 0, "model.width", "positive", self.width)
 
 
 @dataclass(frozen=True)
@@ -43,6 +57,9 @@ class MethodConfig:
     name: str = "rate_m"
     T: int = 4
     options: dict = field(default_factory=dict)  # the method's own options, given flat in YAML
+
+    def __post_init__(self):
+        require(self.T >= 1, "method.T", "at least 1", self.T)
 
 
 @dataclass(frozen=True)
@@ -53,6 +70,12 @@ class OptimConfig:
     weight_decay: float = 5e-4  # conv/linear weights only; BN parameters and biases get none
     epochs: int = 30
     schedule: str = "cosine"  # cosine to 0, stepped per epoch; or constant
+
+    def __post_init__(self):
+        require(self.lr > 0, "optim.lr", "positive", self.lr)
+        require(0 <= self.momentum < 1, "optim.momentum", "in [0, 1)", self.momentum)
+        require(self.weight_decay >= 0, "optim.weight_decay", "0 or more", self.weight_decay)
+        require(self.epochs >= 1, "optim.epochs", "at least 1", self.epochs)
 
 
 @dataclass(frozen=True)
@@ -67,8 +90,12 @@ class RunConfig:
     sync_bn: bool = False  # under torchrun, BatchNorm statistics over the global batch
 
     def __post_init__(self):
-        if self.amp not in AMP_CHOICES:
-            raise ValueError(f"run.amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
+        require(self.amp in AMP_CHOICES, "run.amp", f"one of {', '.join(AMP_CHOICES)}", self.amp)
+        require(self.seed >= 0, "run.seed", "0 or more", self.seed)
+        require(bool(self.out_dir), "run.out_dir", "a folder", self.out_dir)
+        require(self.name is None or (self.name not in RESERVED_NAMES and Path(self.name).name == self.name
+                                      and not self.name.startswith(".")),
+                "run.name", "a plain folder name (no '/', not starting with '.', not 'latest')", self.name)
 
 
 @dataclass(frozen=True)
@@ -206,14 +233,27 @@ def check_type(key: str, value: Any, expected: Any) -> Any:
             return value
         if t is int and isinstance(value, int) and not isinstance(value, bool):
             return value
-        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+        if t is float and (number := as_float(value)) is not None:
+            require(math.isfinite(number), key, "a finite number", value)
+            return number
         if t is str and isinstance(value, str):
             return value
         if t is dict and isinstance(value, dict):
             return value
     names = " or ".join("null" if t is type(None) else t.__name__ for t in options)
     raise ConfigError(f"{key} expects {names}, got {value!r}")
+
+
+def as_float(value: Any) -> Optional[float]:
+    """A number, or a string that reads as one: YAML 1.1 (PyYAML) reads ``1e-3`` as a string."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
 
 
 def config_from_dict(d: dict) -> Config:

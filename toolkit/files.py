@@ -1,25 +1,75 @@
-"""Atomic file writes: the target is either the old file or the complete new one, never a part."""
+"""Atomic file writes: the target is either the old file or the complete new one, never a part.
+
+New files get the mode the umask gives (0644 under the usual 022), like any other file the user
+writes. A write that fails because of the file system (disk full, read-only, a folder in the way)
+raises :class:`~snnkit.errors.WriteError` with one sentence; the temporary file is removed.
+"""
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Optional
+
+from .errors import WriteError
+
+
+class _Recorded:
+    """A file object that remembers the first ``OSError`` of its ``write``: ``torch.save`` reports a
+    failed write (ENOSPC) as an unrelated ``RuntimeError`` about stream positions."""
+
+    def __init__(self, f: BinaryIO):
+        self.f, self.error = f, None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self.f, name)
+
+
+def _temporary(path: Path) -> tuple[int, Path]:
+    """A new file beside ``path``, created exclusively with mode 0666 less the umask."""
+    while True:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def _cannot_write(path: Path, e: OSError) -> WriteError:
+    return WriteError(f"cannot write {path} ({e.strerror or e}); free space or choose a writable "
+                      f"location and try again (the previous file, if any, is unchanged)")
 
 
 def atomic_write_with(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(f)`` on a temporary file beside ``path``, sync it, then rename it over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():
+        raise WriteError(f"{path} is a folder; give a file path to write to")
     try:
-        with os.fdopen(fd, "wb") as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _temporary(path)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
+    f: Optional[_Recorded] = None
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            f = _Recorded(raw)
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
+            raw.flush()
+            os.fsync(raw.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        cause = e if isinstance(e, OSError) else f.error if f is not None else None
+        if cause is not None:
+            raise _cannot_write(path, cause) from None
         raise
     return path
 
@@ -30,3 +80,10 @@ def atomic_write(path: str | Path, data: bytes) -> Path:
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
     return atomic_write(path, text.encode())
+
+
+def append_line(path: str | Path, line: str) -> Path:
+    """Add ``line`` to a small text file by rewriting it atomically (never a torn last line)."""
+    path = Path(path)
+    old = path.read_text() if path.exists() else ""
+    return atomic_write_text(path, f"{old}{line}\n")

@@ -38,6 +38,8 @@ class NeuronParams:
             raise ValueError(f"neuron.v_threshold must be positive, got {self.v_threshold}")
         if self.reset not in RESETS:
             raise ValueError(f"neuron.reset must be one of {sorted(RESETS)}, got {self.reset!r}")
+        if not self.alpha > 0:
+            raise ValueError(f"neuron.alpha (the surrogate's sharpness) must be positive, got {self.alpha}")
         SURROGATES.get(self.surrogate)
 
     def make_surrogate(self) -> Surrogate:

@@ -46,12 +46,39 @@ CIFAR100 = Variant("cifar100", "cifar-100-python", ("train",), ("test",), "meta"
                    "fine_labels", (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761), 100)
 
 
+class BatchUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR batch holds (dicts, lists, bytes, str, numbers, NumPy arrays) and
+    refuses any other global, so a crafted file cannot run code: plain ``pickle.load`` would call
+    whatever callable the file names (``os.system``, ``builtins.eval``, ...)."""
+
+    ALLOWED = {  # NumPy 1 names numpy.core, NumPy 2 numpy._core
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),  # arrays
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # arrays, protocol 5
+        ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),  # NumPy scalars
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("_codecs", "encode"), ("__builtin__", "bytes"), ("builtins", "bytes"),  # bytes, Python 3's protocol 2
+    }
+
+    def __init__(self, f, path: Path, v: Variant):
+        super().__init__(f, encoding="latin1")
+        self.path, self.variant = path, v
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise DataError(f"{self.variant.name}: {self.path} asks to load {module}.{name}, which a CIFAR "
+                            "batch never holds, so it was not unpickled; replace it with the file from "
+                            "the original python archive")
+        return super().find_class(module, name)
+
+
 def unpickle(path: Path, keys: tuple[str, ...], v: Variant) -> dict:
     if not path.is_file():
         raise DataError(f"{v.name}: {path} is missing; expected {v.expected()} under data.root")
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="latin1")
+            d = BatchUnpickler(f, path, v).load()
+    except DataError:
+        raise
     except Exception as e:  # any unpickling failure means the file is not a CIFAR batch
         raise DataError(f"{v.name}: cannot read {path} ({type(e).__name__}); replace it with the "
                         f"file from the original python archive") from None

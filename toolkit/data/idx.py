@@ -61,6 +61,8 @@ def read_split(root: Path, split: str, name: str) -> tuple[torch.Tensor, torch.T
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels) or labels.max(initial=0) > 9:
         raise DataError(f"{name}: {images_path.name} and {labels_path.name} do not pair up as "
                         f"N images [N, H, W] and N labels 0..9; replace them with the originals")
+    if len(images) == 0:
+        raise DataError(f"{name}: {images_path} holds no images; replace it with the original idx file")
     return torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64))
 
 

@@ -6,8 +6,10 @@ from typing import Callable, Optional
 
 import torch
 from torch.utils.data import Dataset
+from PIL import Image, UnidentifiedImageError
 from torchvision import tv_tensors
 from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import default_loader
 
 from ..errors import DataError
 
@@ -23,12 +25,24 @@ def dataset_root(name: str, root: Optional[str], expected: str) -> Path:
     return path
 
 
+def read_image(path: str) -> Image.Image:
+    """torchvision's image loader, with an unreadable file (truncated, not an image, no permission)
+    made one sentence naming it; called by the loader workers, mid-epoch."""
+    try:
+        return default_loader(path)
+    except UnidentifiedImageError:
+        reason = "not an image format PIL reads"
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+    raise DataError(f"cannot read the image {path} ({reason}); replace or remove it")
+
+
 def image_folder(name: str, path: Path, transform: Callable, expected: str) -> ImageFolder:
     """torchvision's ``ImageFolder`` (``path/<class>/<image>``) with its errors made one sentence."""
     if not path.is_dir():
         raise DataError(f"{name}: {path} is missing; expected {expected} under data.root")
     try:
-        return ImageFolder(str(path), transform=transform)
+        return ImageFolder(str(path), transform=transform, loader=read_image)
     except (FileNotFoundError, OSError) as e:
         raise DataError(f"{name}: {path} is not an image folder ({e}); expected {expected}") from None
 

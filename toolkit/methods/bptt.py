@@ -22,7 +22,7 @@ class BPTTOptions(ScalingOptions):
         super().__post_init__()
         if self.layout not in LAYOUTS:
             raise ValueError(f"method.layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
-        check_loss(self.loss)
+        check_loss(self.loss, weight=self.loss_weight)
         if self.loss == MEAN and self.loss_weight is not None:
             raise ValueError("method.loss_weight applies to a per-step loss; set method.loss=tet or ce_mse")
 

@@ -31,10 +31,12 @@ STEP_LOSSES: dict[str, Callable[..., torch.Tensor]] = {"ce_mse": ce_mse, "tet": 
 MEAN = "mean"
 
 
-def check_loss(name: str, per_step_only: bool = False) -> None:
+def check_loss(name: str, per_step_only: bool = False, weight: Optional[float] = None) -> None:
     valid = [*([] if per_step_only else [MEAN]), *STEP_LOSSES]
     if name not in valid:
         raise ConfigError(f"method.loss must be one of {', '.join(valid)}, got {name!r}")
+    if weight is not None and not 0.0 <= weight <= 1.0:
+        raise ConfigError(f"method.loss_weight must be in [0, 1], got {weight}")
 
 
 def step_loss(name: str, weight: Optional[float] = None) -> StepLoss:

@@ -70,7 +70,7 @@ class OnlineOptions:
     loss_weight: Optional[float] = None  # w; None: the loss's default (γ = 0.05, φ = 1e-3)
 
     def __post_init__(self):
-        check_loss(self.loss, per_step_only=True)
+        check_loss(self.loss, per_step_only=True, weight=self.loss_weight)
 
 
 class OnlineMethod(Method):

@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
+from ..errors import ConfigError
 from ..neuron import NeuronParams
 from ..registry import Registry
 from ..spiking import SpikingNet
@@ -44,6 +46,41 @@ def build_model(spec: ModelSpec) -> SpikingNet:
     body = MODELS.get(spec.name)(num_classes=spec.num_classes, in_channels=spec.in_channels,
                                  neuron=spec.neuron, width=spec.width, **spec.kwargs)
     return SpikingNet(body)
+
+
+MAX_SIDE = 512  # the largest square input tried when looking for the size a model needs
+
+
+def runs_on(net: SpikingNet, shape: tuple[int, ...], device: torch.device | str) -> bool:
+    """Whether ``net`` (in eval mode) takes one sample of ``shape`` at T = 1 without a shape error."""
+    try:
+        with torch.no_grad():
+            net(torch.zeros(1, 1, *shape, device=device))
+    except RuntimeError:
+        return False
+    return True
+
+
+def check_input_fits(net: SpikingNet, spec: ModelSpec, input_shape: tuple[int, ...], dataset: str) -> None:
+    """One forward of ``net`` (a CPU model, in eval mode: no state changes) at batch 1, T = 1, so that
+    a model too deep for the input, or built for another size, fails at start-up, naming the size it
+    needs (found by shape inference alone, on the meta device), not inside the first training step."""
+    training = net.training
+    fits = runs_on(net.eval(), input_shape, "cpu")
+    net.train(training)
+    if fits:
+        return
+    with torch.device("meta"):
+        shapes_only = build_model(spec).eval()
+    c, *sides = input_shape
+    smallest = next((s for s in range(1, MAX_SIDE + 1) if runs_on(shapes_only, (c, s, s), "meta")), None)
+    given = "×".join(map(str, sides))
+    if smallest is None:
+        raise ConfigError(f"{spec.name} cannot run on {dataset}'s {given} inputs; choose another model.name")
+    larger = runs_on(shapes_only, (c, 2 * smallest, 2 * smallest), "meta")
+    need = f"at least {smallest}×{smallest}" if larger else f"{smallest}×{smallest}"
+    raise ConfigError(f"{spec.name} needs inputs of {need}; {dataset} gives {given}: choose another model.name "
+                      "or data.name")
 
 
 from . import digits, imagenet_resnet, mnist, resnet, vgg  # noqa: E402,F401  (registration)

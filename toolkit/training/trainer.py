@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,22 +11,24 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils import get_total_norm
 from torch.utils.data import DataLoader
 
-from ..checkpoint import CHECKPOINT_NAME, atomic_save, load_checkpoint, make_checkpoint
-from ..config import Config, config_from_dict, dump_yaml
+from ..checkpoint import CHECKPOINT_NAME, atomic_save, make_checkpoint, nonfinite
+from ..config import Config
 from ..data import DataBundle, encode, load_dataset
-from ..errors import SnnkitError
-from ..files import atomic_write_text
+from ..errors import CheckpointError, DataError, DivergedError, one_line
+from ..files import append_line, atomic_write_text
 from ..methods import Method, build_method
 from ..methods.batchnorm import convert_sync_batchnorm
-from ..models import ModelSpec, build_model
+from ..models import ModelSpec, build_model, check_input_fits
 from ..spiking import SpikingNet, firing_rate
 from .curves import write_curves
 from .distributed import World, process_group, resolve_device
 from .optim import make_optimizer
 from .precision import Precision, configure_backends
 from .progress import EpochProgress, Meter
+from .rundir import point_latest
 
 log = logging.getLogger("snnkit.train")
 
@@ -38,6 +40,7 @@ class RunResult:
     best_acc: float
     best_epoch: int
     seconds: float
+    already_finished: bool = False  # a --resume of a run that had finished: nothing was changed
 
 
 def make_loader(dataset, batch_size: int, workers: int, device, sampler=None) -> DataLoader:
@@ -63,10 +66,19 @@ def evaluate(net: SpikingNet, loader: DataLoader, T: int, kind: str, device, wor
     return {"loss": loss / max(n, 1), "acc": correct / max(n, 1), "firing_rate": spikes / max(n, 1)}
 
 
-class Trainer:
-    """One run on one process of a (possibly single-process) world; see ``distributed.py``."""
+def check_samples(data: DataBundle, name: str, root: Optional[str]) -> None:
+    for split, dataset in (("training", data.train), ("test", data.test)):
+        if len(dataset) == 0:
+            where = f" in {root}" if root else ""
+            raise DataError(f"{name} has no {split} samples{where}; point data.root at a copy of the dataset")
 
-    def __init__(self, cfg: Config, run_dir: Path, data: Optional[DataBundle] = None,
+
+class Trainer:
+    """One run on one process of a (possibly single-process) world; see ``distributed.py``. Every
+    check that can refuse the run happens here, before anything is written; ``run_dir`` may be
+    set afterwards."""
+
+    def __init__(self, cfg: Config, run_dir: Optional[Path] = None, data: Optional[DataBundle] = None,
                  world: Optional[World] = None):
         self.cfg = cfg
         self.world = world or World(device=resolve_device(cfg.run.device))
@@ -74,10 +86,12 @@ class Trainer:
         self.batch_size = self.world.per_rank_batch(cfg.data.batch_size)
         configure_backends(cfg.run, self.device)
         self.data = data if data is not None else load_dataset(cfg.data.name, cfg.data.root)
+        check_samples(self.data, cfg.data.name, cfg.data.root)
         self.spec = ModelSpec(cfg.model.name, self.data.num_classes, self.data.in_channels,
                               cfg.neuron, cfg.model.width)
         torch.manual_seed(cfg.run.seed)
         self.net = build_model(self.spec)
+        check_input_fits(self.net, self.spec, self.data.input_shape, cfg.data.name)
         if cfg.run.sync_bn:
             convert_sync_batchnorm(self.net)
         memory_format = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
@@ -91,6 +105,7 @@ class Trainer:
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.run_dir = run_dir
         self.epoch = 0
+        self.saved_epoch = 0  # the epoch of the last checkpoint written or restored; 0: none yet
         self.best_acc, self.best_epoch = 0.0, -1
 
     # --- one epoch: the loop that never asks which method it holds ------------------------------
@@ -107,7 +122,28 @@ class Trainer:
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             out = self.method.train_step(self.net, encode(x, T, kind), y, self.step)
             meter.update(out.loss, out.logits, y, out.firing_rate)
+            where = f"at step {meter.steps} of epoch {self.epoch + 1}"
+            if not math.isfinite(out.loss):
+                raise self.diverged(f"{where}: the loss is {out.loss}")
+            # A NaN weight need not make the next loss NaN (a NaN current never fires), so look at
+            # the weights too: one fused norm over all of them (about 1 ms for resnet18 on a CPU)
+            # screens them, and only a non-finite norm (perhaps an overflow) pays for the exact look.
+            if not get_total_norm(self.params).isfinite():
+                bad = nonfinite(dict(self.net.named_parameters()))
+                if bad:
+                    raise self.diverged(f"{where}: {bad[0]} holds non-finite values")
         return meter.reduce(self.world.all_reduce_sum).summary()
+
+    def diverged(self, where: str) -> DivergedError:
+        return DivergedError(f"training diverged {where}; lower optim.lr (now {self.cfg.optim.lr:g}) and "
+                             "train again")
+
+    def check_finite(self) -> None:
+        """After an epoch, before its checkpoint: a NaN or infinity in any weight or statistic (BN's
+        running statistics are not looked at every step)."""
+        bad = nonfinite(self.net.state_dict())
+        if bad:
+            raise self.diverged(f"in epoch {self.epoch + 1}: {bad[0]} holds non-finite values")
 
     def step(self) -> None:
         self.world.average_gradients(self.params)
@@ -125,6 +161,7 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             train = self.train_epoch(progress)
             self.world.broadcast_state(self.net, buffers_only=True)  # BN running statistics
+            self.check_finite()
             test = evaluate(self.net, test_loader, cfg.method.T, self.data.kind, self.device, self.world)
             self.scheduler.step()
             self.epoch += 1
@@ -135,10 +172,16 @@ class Trainer:
                        "best_acc": self.best_acc, "best_epoch": self.best_epoch}
             if self.world.is_main:
                 self.save(metrics)
+            self.saved_epoch = self.epoch
+            if self.world.is_main:
+                write_curves(self.run_dir, self.cfg)  # drawn from metrics.jsonl once the epoch is committed
             log.info("epoch %d/%d  train loss %.4f acc %.2f%%  test acc %.2f%% (best %.2f%%)  "
                      "fr %.3f  %.1fs", self.epoch, cfg.optim.epochs, train["loss"], 100 * train["acc"],
                      100 * test["acc"], 100 * self.best_acc, test["firing_rate"], train["seconds"])
-        result = RunResult(self.run_dir, metrics.get("test_acc", 0.0), self.best_acc, self.best_epoch,
+        if not metrics:  # no epoch left: resumed after the last checkpoint but before results.json
+            metrics = {"test_acc": evaluate(self.net, test_loader, cfg.method.T, self.data.kind, self.device,
+                                            self.world)["acc"]}
+        result = RunResult(self.run_dir, metrics["test_acc"], self.best_acc, self.best_epoch,
                            time.perf_counter() - start)
         if self.world.is_main:
             self.write_results(result)
@@ -164,81 +207,32 @@ class Trainer:
 
     def save(self, metrics: dict) -> None:
         """Metrics line, best.pt, then checkpoint.pt last: the checkpoint commits the epoch, and a
-        run stopped before it is resumed from the previous epoch (see :meth:`restore`)."""
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(metrics) + "\n")
-        write_curves(self.run_dir, self.cfg)
+        run stopped before it is resumed from the previous epoch (see :meth:`restore`). The run's
+        first checkpoint moves ``<out_dir>/latest`` to it."""
+        append_line(self.run_dir / "metrics.jsonl", json.dumps(metrics))
         ckpt = self.checkpoint()
         if self.best_epoch == self.epoch:
             atomic_save(ckpt, self.run_dir / "best.pt")
         atomic_save(ckpt, self.run_dir / CHECKPOINT_NAME)
+        if self.saved_epoch == 0:
+            point_latest(self.run_dir)
 
     def restore(self, ckpt: dict) -> None:
         """Continue from ``ckpt``: every rank loads the same state; metrics lines of epochs after
         the checkpoint (a run stopped between writing them and the checkpoint) are dropped."""
         state = ckpt["train_state"]
-        self.net.load_state_dict(ckpt["state_dict"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.precision.load_state_dict(state.get("grad_scaler", {}))
-        self.epoch, self.best_acc, self.best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
+        try:
+            self.net.load_state_dict(ckpt["state_dict"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.precision.load_state_dict(state.get("grad_scaler", {}))
+            self.epoch, self.best_acc, self.best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
+        except (KeyError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"the checkpoint's training state is damaged ({type(e).__name__}: {one_line(e)}); "
+                                  "resume from a copy of the run or retrain") from None
+        self.saved_epoch = self.epoch
         metrics = self.run_dir / "metrics.jsonl"
         if self.world.is_main and metrics.exists():
             kept = [line for line in metrics.read_text().splitlines()
                     if json.loads(line)["epoch"] <= self.epoch]
             atomic_write_text(metrics, "".join(f"{line}\n" for line in kept))
-
-
-def run_dir_for(cfg: Config) -> Path:
-    """The new run's directory, checked to hold no run yet; nothing is written."""
-    name = cfg.run.name or f"{cfg.recipe}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    run_dir = Path(cfg.run.out_dir) / name
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise SnnkitError(f"run directory {run_dir} already holds a run; choose another --name or "
-                          f"continue it with --resume {run_dir}")
-    return run_dir
-
-
-def create_run_dir(run_dir: Path, cfg: Config) -> None:
-    """Make ``run_dir`` with its resolved ``config.yaml`` and point ``<out_dir>/latest`` at it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
-    tmp = run_dir.parent / f".latest.{os.getpid()}"
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(run_dir.name)
-    os.replace(tmp, run_dir.parent / "latest")
-
-
-def train(cfg: Config, progress: Optional[EpochProgress] = None,
-          data: Optional[DataBundle] = None) -> RunResult:
-    """Train ``cfg`` in a new run directory (``<out_dir>/<name>``, ``<out_dir>/latest`` -> it), on
-    ``data`` if given, else on the dataset ``cfg.data`` names. Under torchrun, every process calls this."""
-    with process_group(cfg.run.device) as world:
-        run_dir = world.on_main(lambda: run_dir_for(cfg))
-        trainer = Trainer(cfg, run_dir, data, world)  # every start-up error comes before any file
-        if world.is_main:
-            create_run_dir(run_dir, cfg)
-        log.info("run %s: %s on %s with %s, T=%d, %d epochs, device %s, %d process(es)", run_dir,
-                 cfg.model.name, cfg.data.name, cfg.method.name, cfg.method.T, cfg.optim.epochs,
-                 trainer.device, world.size)
-        return run(trainer, progress)
-
-
-def resume(run_dir: str | Path, progress: Optional[EpochProgress] = None,
-           data: Optional[DataBundle] = None) -> RunResult:
-    """Continue the run in ``run_dir`` from its last checkpoint, with the config it was started with
-    (on as many processes as now launched: the global batch, and so the result, is unchanged)."""
-    ckpt = load_checkpoint(run_dir)
-    run_dir = Path(run_dir) if Path(run_dir).is_dir() else Path(run_dir).parent
-    cfg = config_from_dict(ckpt["config"])
-    with process_group(cfg.run.device) as world:
-        trainer = Trainer(cfg, run_dir, data, world)
-        trainer.restore(ckpt)
-        log.info("resuming %s at epoch %d/%d", run_dir, trainer.epoch, cfg.optim.epochs)
-        return run(trainer, progress)
-
-
-def run(trainer: Trainer, progress: Optional[EpochProgress]) -> RunResult:
-    progress = progress or EpochProgress(enabled=trainer.world.is_main)
-    with progress.running():
-        return trainer.fit(progress)
