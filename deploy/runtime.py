@@ -51,8 +51,8 @@ def load_onnx(path: str | Path, providers: Optional[list[str]] = None,
         raise SnnkitError(f"{path} is not a readable ONNX model ({type(e).__name__}); "
                           "re-export it with `snnkit export`") from None
     outputs = [o.name for o in session.get_outputs()]
-    if sorted(outputs) != sorted(OUTPUTS):
-        raise SnnkitError(f"{path} has outputs {outputs}; snnkit needs exactly {OUTPUTS} "
+    if not set(OUTPUTS) <= set(outputs):  # a streaming graph also outputs its next states
+        raise SnnkitError(f"{path} has outputs {outputs}; snnkit needs {OUTPUTS} among them "
                           "(export the model with `snnkit export`)")
     props = session.get_modelmeta().custom_metadata_map
     meta = {k: json.loads(v) for k, v in props.items()} if "snnkit_version" in props else None
