@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from snnkit.checkpoint import load_checkpoint, model_from_checkpoint
-from snnkit.data import encode, load_dataset
+from snnkit.data import DataBundle, encode, load_dataset
 from snnkit.errors import DataError, SnnkitError
 from snnkit.spiking import SpikingNet
 
@@ -43,6 +43,7 @@ class Thresholds:
     max_logit_diff: float = 1e-4
     min_agreement: float = 0.999
     min_spike_identity: float = 0.999
+    max_accuracy_drop: float = 0.005  # the int8 graph's verdict: its accuracy against the float32 model's
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class EvalResult:
     parity: Optional[Parity] = None  # the ONNX graph against its PyTorch twin (same folded weights)
     folding: Optional[Parity] = None  # BN folding alone: the checkpoint's model against that twin
     providers: list[str] = field(default_factory=list)
+    accuracy_per_step: Optional[list[float]] = None  # a streaming graph's, after t = 1..T steps
 
 
 @torch.no_grad()
@@ -89,6 +91,13 @@ def predict_graph(run: Callable[[torch.Tensor], tuple], batches: Batches, T: int
                        torch.cat([y for _, y in outs]).numpy())
 
 
+@torch.no_grad()
+def predict_twin(net: SpikingNet, batches: Batches, T: int, kind: str) -> Predictions:
+    """The exported arithmetic in PyTorch: the checkpoint's model with BatchNorm folded, unrolled."""
+    twin = deployable(net, T, kind).eval()
+    return predict_graph(lambda x: tuple(t.numpy() for t in twin(x)), batches, T, kind)
+
+
 def parity(ref: Predictions, onnx: Predictions, layer_names: list[str], thresholds: Thresholds) -> Parity:
     same = ref.spike_counts == onnx.spike_counts  # [N, L]
     differing = np.flatnonzero(~same.all(axis=0))
@@ -100,8 +109,8 @@ def parity(ref: Predictions, onnx: Predictions, layer_names: list[str], threshol
         torch_accuracy=ref.accuracy, onnx_accuracy=onnx.accuracy, thresholds=thresholds)
 
 
-def evaluation_batches(ckpt: dict, root: Optional[str], batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The test split of the dataset the checkpoint was trained on, checked against the model."""
+def checked_dataset(ckpt: dict, root: Optional[str]) -> DataBundle:
+    """The dataset the checkpoint was trained on, checked against the model."""
     data = ckpt["data"]
     bundle = load_dataset(data["name"], root)
     expected = tuple(data["input_shape"])
@@ -109,7 +118,12 @@ def evaluation_batches(ckpt: dict, root: Optional[str], batch_size: int) -> list
         raise DataError(f"dataset {data['name']!r} gives samples of shape {tuple(bundle.input_shape)} with "
                         f"{bundle.num_classes} classes but the model expects {expected} with "
                         f"{len(data['class_names'])}; point --data-root at the data it was trained on")
-    return list(DataLoader(bundle.test, batch_size=batch_size, shuffle=False))
+    return bundle
+
+
+def evaluation_batches(ckpt: dict, root: Optional[str], batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The test split of the dataset the checkpoint was trained on."""
+    return list(DataLoader(checked_dataset(ckpt, root).test, batch_size=batch_size, shuffle=False))
 
 
 def checkpoint_for(model: OnnxModel, checkpoint: Optional[str | Path]) -> str | Path:
@@ -146,13 +160,16 @@ def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path]
         return EvalResult(Path(ckpt_path), ckpt["data"]["name"], ref.accuracy,
                           efficiency_report(topo, ref.spike_counts, T, kind))
     check_match(model, topo, T)
-    got = predict_graph(lambda x: model.run(x.numpy()), batches, T, kind)
     # Folding BN rounds differently from conv-then-BN in float32, so a neuron within an ulp of its
     # threshold may flip: parity gates on the exported arithmetic (the graph against its PyTorch
     # twin); what folding alone changes is measured against the checkpoint's model and reported.
-    twin = deployable(net, T, kind).eval()
-    with torch.no_grad():
-        folded = predict_graph(lambda x: tuple(t.numpy() for t in twin(x)), batches, T, kind)
+    folded = predict_twin(net, batches, T, kind)
+    if model.meta is not None and model.meta.get("format", "unrolled") != "unrolled":
+        from .edge_eval import evaluate_edge  # the streaming and int8 forms (issue 11)
+
+        return evaluate_edge(model, ref, folded, batches, topo, T, kind, thresholds, Path(ckpt_path),
+                             ckpt["data"]["name"])
+    got = predict_graph(lambda x: model.run(x.numpy()), batches, T, kind)
     return EvalResult(Path(ckpt_path), ckpt["data"]["name"], got.accuracy,
                       efficiency_report(topo, got.spike_counts, T, kind),
                       parity(folded, got, topo.layer_names, thresholds),

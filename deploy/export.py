@@ -112,14 +112,18 @@ def save_onnx(model: onnx.ModelProto, meta: dict, out: Path) -> None:
     atomic_write(out, model.SerializeToString())
 
 
-def export_unrolled(src: Source, out: Path, opset: int, data_root: Optional[str] = None) -> ExportResult:
-    """The time-unrolled graph: a whole sample in, time-averaged logits and spike counts out."""
+def unrolled_onnx(src: Source, opset: int) -> tuple[onnx.ModelProto, torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """The time-unrolled graph, traced in memory, with an example input and PyTorch's output on it."""
     graph = deployable(src.net, src.T, src.kind)
     batch_axis = 0 if src.kind == "static" else 1
     example = torch.randn(2, *src.input_shape) if src.kind == "static" else torch.randn(src.T, 2, *src.input_shape)
     with torch.no_grad():
-        model = trace(graph, (example,), opset, {"input": batch_axis}, OUTPUTS)
-        expected = graph(example)
+        return trace(graph, (example,), opset, {"input": batch_axis}, OUTPUTS), example, graph(example)
+
+
+def export_unrolled(src: Source, out: Path, opset: int, data_root: Optional[str] = None) -> ExportResult:
+    """The time-unrolled graph: a whole sample in, time-averaged logits and spike counts out."""
+    model, example, expected = unrolled_onnx(src, opset)
     save_onnx(model, src.metadata(opset), out)
     check_forward(out, example, expected)
     return ExportResult(out, out.stat().st_size, len(model.graph.node), src.T, len(src.topo.layer_names), opset)
@@ -130,9 +134,10 @@ def export_checkpoint(checkpoint: str | Path, out: Optional[str | Path] = None, 
     """Export the model in ``checkpoint`` (a file or a run directory) as ``form`` to ``out``
     (default: beside the checkpoint) and check the result where it is made. ``data_root``: where
     the training data is, for forms calibrated on it (int8)."""
-    from . import streaming
+    from . import quantize, streaming
 
-    forms = {"unrolled": (export_unrolled, ONNX_NAME), "streaming": (streaming.export_streaming, streaming.NAME)}
+    forms = {"unrolled": (export_unrolled, ONNX_NAME), "streaming": (streaming.export_streaming, streaming.NAME),
+             "int8": (quantize.export_int8, quantize.NAME)}
     if form not in forms:
         raise SnnkitError(f"unknown export form {form!r}; choose one of {', '.join(forms)}")
     if opset not in OPSETS:

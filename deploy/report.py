@@ -10,8 +10,35 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from rich.table import Table
 
+from .edge_eval import AccuracyVerdict
 from .evaluate import EvalResult, Parity
 from snnkit.files import atomic_write
+
+
+def verdict_table(p: Parity | AccuracyVerdict) -> Table:
+    return accuracy_table(p) if isinstance(p, AccuracyVerdict) else parity_table(p)
+
+
+def accuracy_table(v: AccuracyVerdict) -> Table:
+    p = v.comparison
+    table = Table(title=f"int8 vs float32: {'PASS' if v.passed else 'FAIL'} on accuracy", title_justify="left")
+    for col in ("check", "measured", "required"):
+        table.add_column(col)
+    table.add_row("accuracy float32 / int8", f"{p.torch_accuracy:.2%} / {p.onnx_accuracy:.2%}", "")
+    table.add_row("accuracy drop", f"{v.accuracy_drop * 100:.2f} pp", f"≤ {v.max_accuracy_drop * 100:g} pp")
+    table.add_row("prediction agreement", f"{p.prediction_agreement:.2%}", "reported")
+    table.add_row("identical spike counts", f"{p.spike_count_identity:.2%}", "reported")
+    table.add_row("logits max |Δ|", f"{p.logits_max_abs_diff:.3g}", "reported")
+    return table
+
+
+def early_exit_table(curve: list[float]) -> Table:
+    table = Table(title="Early exit", title_justify="left")
+    table.add_column("steps run", justify="right")
+    table.add_column("accuracy (logits averaged over them)", justify="right")
+    for t, acc in enumerate(curve, 1):
+        table.add_row(str(t), f"{acc:.2%}")
+    return table
 
 
 def parity_table(p: Parity) -> Table:
@@ -55,6 +82,7 @@ def result_dict(result: EvalResult) -> dict:
             "providers": result.providers,
             "parity": None if result.parity is None else {**asdict(result.parity), "passed": result.parity.passed},
             "bn_folding": None if result.folding is None else asdict(result.folding),
+            "accuracy_per_step": result.accuracy_per_step,
             "efficiency": result.report}
 
 
@@ -84,9 +112,26 @@ def chart_png(report: dict) -> bytes:
     return buf.getvalue()
 
 
-def write_report(result: EvalResult, out_dir: str | Path) -> tuple[Path, Path]:
-    """``efficiency.json`` and ``efficiency.png`` in ``out_dir``."""
+def early_exit_png(curve: list[float], title: str) -> bytes:
+    """Accuracy against the number of steps a streaming graph has run."""
+    fig = Figure(figsize=(5, 3.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    steps = range(1, len(curve) + 1)
+    ax.plot(steps, [100 * a for a in curve], marker="o")
+    ax.set(xlabel="time steps run", ylabel="test accuracy (%)", xticks=list(steps), title=title)
+    ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120)
+    return buf.getvalue()
+
+
+def write_report(result: EvalResult, out_dir: str | Path) -> tuple[Path, ...]:
+    """``efficiency.json`` and ``efficiency.png`` in ``out_dir``; ``early_exit.png`` for a streaming graph."""
     out_dir = Path(out_dir)
     js = atomic_write(out_dir / "efficiency.json", json.dumps(result_dict(result), indent=2).encode())
     png = atomic_write(out_dir / "efficiency.png", chart_png(result.report))
-    return js, png
+    if result.accuracy_per_step is None:
+        return js, png
+    title = f"{result.dataset}, streaming graph, T = {len(result.accuracy_per_step)}"
+    return js, png, atomic_write(out_dir / "early_exit.png", early_exit_png(result.accuracy_per_step, title))
