@@ -134,10 +134,10 @@ def export_checkpoint(checkpoint: str | Path, out: Optional[str | Path] = None, 
     """Export the model in ``checkpoint`` (a file or a run directory) as ``form`` to ``out``
     (default: beside the checkpoint) and check the result where it is made. ``data_root``: where
     the training data is, for forms calibrated on it (int8)."""
-    from . import quantize, streaming
+    from . import nir_export, quantize, streaming
 
     forms = {"unrolled": (export_unrolled, ONNX_NAME), "streaming": (streaming.export_streaming, streaming.NAME),
-             "int8": (quantize.export_int8, quantize.NAME)}
+             "int8": (quantize.export_int8, quantize.NAME), "nir": (nir_export.export_nir, nir_export.NAME)}
     if form not in forms:
         raise SnnkitError(f"unknown export form {form!r}; choose one of {', '.join(forms)}")
     if opset not in OPSETS:
