@@ -20,9 +20,11 @@ from __future__ import annotations
 import io
 import json
 import operator
+from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
 
+import nir
 import numpy as np
 import torch
 from torch import fx, nn
@@ -52,21 +54,17 @@ def as_array(t: torch.Tensor) -> np.ndarray:
 
 
 def lif_node(m: LIF, shape: tuple[int, ...], name: str):
-    import nir
-
     p = m.neuron
     if p.reset != "hard":
         raise NirUnsupported("NIR's LIF resets to v_reset after a spike and cannot express snnkit's soft reset "
                              "(subtract V_th); train with `--set neuron.reset=hard` to export to NIR")
-    full = lambda value: np.full(shape, value, np.float32)  # noqa: E731
+    full = partial(np.full, shape, dtype=np.float32)
     tau = DT / (1.0 - p.decay)
     return nir.LIF(tau=full(tau), r=full(tau / DT), v_leak=full(0.0), v_threshold=full(p.v_threshold),
                    v_reset=full(p.v_reset))
 
 
 def conv_node(m: nn.Conv2d, shape: tuple[int, ...], name: str):
-    import nir
-
     if m.padding_mode != "zeros" or isinstance(m.padding, str):
         raise NirUnsupported(f"layer {name} pads with {m.padding_mode!r}/{m.padding!r}; NIR's Conv2d pads with zeros")
     bias = as_array(m.bias) if m.bias is not None else np.zeros(m.out_channels, np.float32)
@@ -75,38 +73,32 @@ def conv_node(m: nn.Conv2d, shape: tuple[int, ...], name: str):
 
 
 def linear_node(m: nn.Linear, shape: tuple[int, ...], name: str):
-    import nir
-
     if m.bias is None:
         return nir.Linear(weight=as_array(m.weight))
     return nir.Affine(weight=as_array(m.weight), bias=as_array(m.bias))
 
 
-def avgpool_node(m: nn.AvgPool2d, shape: tuple[int, ...], name: str):
-    import nir
+def pair(v: int | tuple[int, int]) -> np.ndarray:
+    return np.array(v if isinstance(v, tuple) else (v, v))
 
-    pair = lambda v: np.array(v if isinstance(v, tuple) else (v, v))  # noqa: E731
+
+def avgpool_node(m: nn.AvgPool2d, shape: tuple[int, ...], name: str):
     if any(pair(m.padding)) or m.ceil_mode:
         raise NirUnsupported(f"layer {name} pools with padding or ceil_mode, which NIR's AvgPool2d does not state")
     return nir.AvgPool2d(kernel_size=pair(m.kernel_size), stride=pair(m.stride or m.kernel_size), padding=pair(0))
 
 
 def adaptive_avgpool_node(m: nn.AdaptiveAvgPool2d, shape: tuple[int, ...], name: str):
-    import nir
-
     size = np.array(shape[1:])
-    out = np.array(m.output_size if isinstance(m.output_size, tuple) else (m.output_size,) * 2)
+    out = pair(m.output_size)
     if (size % out).any():
         raise NirUnsupported(f"layer {name} pools {tuple(size)} to {tuple(out)}, which is not one fixed window")
     return nir.AvgPool2d(kernel_size=size // out, stride=size // out, padding=np.array([0, 0]))
 
 
 def flatten_node(m: nn.Flatten, shape: tuple[int, ...], name: str):
-    import nir
-
-    no_batch = lambda d: d - 1 if d > 0 else d  # noqa: E731  (NIR shapes have no batch dimension)
-    return nir.Flatten(input_type={"input": np.array(shape)}, start_dim=no_batch(m.start_dim),
-                       end_dim=no_batch(m.end_dim))
+    start, end = (d - 1 if d > 0 else d for d in (m.start_dim, m.end_dim))  # NIR shapes have no batch axis
+    return nir.Flatten(input_type={"input": np.array(shape)}, start_dim=start, end_dim=end)
 
 
 NODES: dict[type, Callable] = {LIF: lif_node, nn.Conv2d: conv_node, nn.Linear: linear_node,
@@ -122,8 +114,6 @@ class LeafTracer(fx.Tracer):
 def nir_graph(body: nn.Module, input_shape: tuple[int, ...], metadata: dict):
     """The folded ``body`` as a NIR graph; nodes are named after the modules (LIF nodes after the
     spiking layers, as in the spike counts)."""
-    import nir
-
     gm = fx.GraphModule(body, LeafTracer().trace(body))
     with torch.no_grad(), neuron_mode(gm, lambda _: SingleStep()):
         ShapeProp(gm).propagate(torch.zeros(1, *input_shape))
@@ -140,9 +130,8 @@ def nir_graph(body: nn.Module, input_shape: tuple[int, ...], metadata: dict):
             nodes[n.target] = NODES[type(m)](m, shape, n.target)
             edges += [(s, n.target) for s in sums[n.args[0]]]
             sums[n] = [n.target]
-        elif n.op == "call_function" and n.target in ADDS and len(set(sums[n.args[0]] + sums[n.args[1]])) == \
-                len(sums[n.args[0]]) + len(sums[n.args[1]]):
-            sums[n] = sums[n.args[0]] + sums[n.args[1]]
+        elif n.op == "call_function" and n.target in ADDS and not set(sums[n.args[0]]) & set(sums[n.args[1]]):
+            sums[n] = sums[n.args[0]] + sums[n.args[1]]  # NIR adds a node's incoming edges
         elif n.op == "output":
             shape = tuple(n.args[0].meta["tensor_meta"].shape[1:])
             nodes["output"] = nir.Output(output_type={"output": np.array(shape)})
@@ -156,8 +145,6 @@ def nir_graph(body: nn.Module, input_shape: tuple[int, ...], metadata: dict):
 
 
 def export_nir(src: Source, out: Path, opset: Optional[int] = None, data_root: Optional[str] = None) -> ExportResult:
-    import nir
-
     meta = {**src.metadata(None), "format": FORMAT, "dt": DT,
             "neuron_mapping": "tau = dt / (1 - decay), r = tau / dt, v_leak = 0 (forward Euler with step dt)",
             "readout": "the output node is the classifier's value at each step; the logits are its mean "
@@ -165,7 +152,7 @@ def export_nir(src: Source, out: Path, opset: Optional[int] = None, data_root: O
     graph = nir_graph(fold_batchnorm(src.net.body), src.input_shape, {k: json.dumps(v) for k, v in meta.items()})
     buf = io.BytesIO()
     nir.write(buf, graph)
+    nir.read(io.BytesIO(buf.getvalue()))  # what consumers do first: it must type-check
     atomic_write(out, buf.getvalue())
-    nir.read(out)  # what consumers do first: it must type-check
     return ExportResult(out, out.stat().st_size, len(graph.nodes), src.T, len(src.topo.layer_names), None,
                         f"NIR {nir.version}, dt = {DT:g} s")

@@ -119,6 +119,8 @@ def early_exit_png(curve: list[float], title: str) -> bytes:
     ax = fig.subplots()
     steps = range(1, len(curve) + 1)
     ax.plot(steps, [100 * a for a in curve], marker="o")
+    for t, a in zip(steps, curve):
+        ax.annotate(f"{a:.2%}", (t, 100 * a), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     ax.set(xlabel="time steps run", ylabel="test accuracy (%)", xticks=list(steps), title=title)
     ax.grid(alpha=0.3)
     buf = io.BytesIO()

@@ -11,10 +11,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import torch
 from torch import nn
+from typer.testing import CliRunner
 
 from snnkit.checkpoint import atomic_save, make_checkpoint
+from snnkit.cli.main import app
 from snnkit.models import ModelSpec, build_model
 from snnkit.spiking import SpikingNet
 
@@ -66,3 +69,16 @@ def write_run(root: Path, name: str, ckpt: dict) -> Path:
         latest.unlink()
     os.symlink(name, latest)
     return run
+
+
+def invoke(*args: str):
+    """Run the ``snnkit`` CLI in-process."""
+    return CliRunner().invoke(app, list(args))
+
+
+@pytest.fixture
+def run(tmp_path, monkeypatch) -> Path:
+    """A digits_convnet run at tmp_path/runs/tiny (and runs/latest), with cwd = tmp_path."""
+    monkeypatch.chdir(tmp_path)
+    _, ckpt = model_and_checkpoint("digits_convnet", width=0.25)
+    return write_run(tmp_path, "tiny", ckpt)

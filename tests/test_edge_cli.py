@@ -6,24 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from deploy_helpers import model_and_checkpoint, write_run
-from snnkit.cli.main import app
-
-runner = CliRunner()
-
-
-def invoke(*args: str):
-    return runner.invoke(app, list(args))
-
-
-@pytest.fixture
-def run(tmp_path, monkeypatch) -> Path:
-    """A digits_convnet run at tmp_path/runs/tiny (and runs/latest), with cwd = tmp_path."""
-    monkeypatch.chdir(tmp_path)
-    _, ckpt = model_and_checkpoint("digits_convnet", width=0.25)
-    return write_run(tmp_path, "tiny", ckpt)
+from deploy_helpers import invoke, run  # noqa: F401  (run is a fixture)
 
 
 def test_streaming_graph_is_checked_and_reports_accuracy_after_each_step(run):

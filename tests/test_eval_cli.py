@@ -9,13 +9,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from deploy_helpers import model_and_checkpoint, write_run
-from snnkit.cli.main import app
+from deploy_helpers import invoke, run  # noqa: F401  (run is a fixture)
 from snnkit.data import DataBundle, register_dataset
-
-runner = CliRunner()
 
 
 @register_dataset("rgb8_for_tests")
@@ -23,18 +19,6 @@ def rgb8(root=None) -> DataBundle:
     """Digits-sized but three channels: a dataset that does not fit a digits model."""
     data = torch.utils.data.TensorDataset(torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))
     return DataBundle(data, data, (3, 8, 8), [str(i) for i in range(10)])
-
-
-def invoke(*args: str):
-    return runner.invoke(app, list(args))
-
-
-@pytest.fixture
-def run(tmp_path, monkeypatch) -> Path:
-    """A digits_convnet run at tmp_path/runs/tiny (and runs/latest), with cwd = tmp_path."""
-    monkeypatch.chdir(tmp_path)
-    _, ckpt = model_and_checkpoint("digits_convnet", width=0.25)
-    return write_run(tmp_path, "tiny", ckpt)
 
 
 @pytest.fixture
