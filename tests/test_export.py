@@ -129,6 +129,7 @@ def test_deploy_never_imports_training_code(tmp_path):
     code = (
         "import sys, json\n"
         "import snnkit.deploy.export, snnkit.deploy.evaluate, snnkit.deploy.report, snnkit.cli.export, snnkit.cli.eval\n"
+        "import snnkit.deploy.streaming, snnkit.deploy.quantize, snnkit.deploy.nir_export\n"
         f"snnkit.deploy.export.export_checkpoint({str(tmp_path)!r})\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith("
         "('snnkit.methods', 'snnkit.training', 'snnkit.config')))))\n")
