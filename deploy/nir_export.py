@@ -12,10 +12,10 @@ The time step is stated in the graph's metadata (``dt``); a consumer that discre
 (λ = exp(−dt/τ)) instead needs τ = −dt / ln λ. NIR's reset is a hard reset, so a soft-reset model
 (snnkit's default) is refused rather than approximated. The graph is the streaming form's step
 graph (:class:`~snnkit.deploy.graph.OneStep`: BatchNorm folded into the convolutions, traced with
-torch.fx, LIF layers as leaves), each node converted through a type table (NIR ``Conv2d`` /
-``Affine`` with bias); average pooling becomes ``AvgPool2d`` (global pooling too,
-with the kernel the input's size); a residual sum is two edges into one node (NIR sums a node's
-inputs); max pooling has no NIR node and is refused. NIR shapes have no batch dimension.
+torch.fx, LIF layers as leaves), each node converted through a type table: NIR ``Conv2d`` /
+``Affine`` with bias, average pooling as ``AvgPool2d`` (global pooling too, with the kernel the
+input's size), a residual sum as two edges into one node (NIR sums a node's inputs); max pooling
+has no NIR node and is refused. NIR shapes have no batch dimension.
 """
 from __future__ import annotations
 

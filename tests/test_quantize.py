@@ -9,10 +9,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 
 from deploy_helpers import exact_input, model_and_checkpoint
 from snnkit.checkpoint import atomic_save
+from snnkit.data import DataBundle, register_dataset
 from snnkit.deploy.costs import ANALOG
+from snnkit.deploy.evaluate import evaluate
 from snnkit.deploy.export import Source, export_checkpoint, unrolled_graph
 from snnkit.deploy.quantize import Calibration, exact_overrides, spike_grids
 from snnkit.deploy.runtime import FORM_KEYS, META_KEYS, load_onnx
@@ -84,3 +87,22 @@ def test_calibration_reads_the_training_split_checked_against_the_model(tmp_path
     other = {**ckpt, "data": {**ckpt["data"], "input_shape": [3, 8, 8]}}
     with pytest.raises(DataError, match="expects \\(3, 8, 8\\) with 10; point --data-root at the data it was trained on"):
         Calibration(replace(src, ckpt=other), None)
+
+
+@register_dataset("events_for_int8_tests")
+def events(root=None) -> DataBundle:
+    """Digits-shaped event frames, 4 per sample (the test checkpoints' T)."""
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset((torch.rand(40, 4, 1, 8, 8, generator=g) < 0.3).float(),
+                                          torch.randint(0, 10, (40,), generator=g))
+    return DataBundle(data, data, (1, 8, 8), [str(i) for i in range(10)], kind="event")
+
+
+def test_event_input_is_calibrated_and_judged_frame_by_frame(tmp_path):
+    _, ckpt = model_and_checkpoint("digits_convnet", dataset="events_for_int8_tests", kind="event")
+    atomic_save(ckpt, tmp_path / "checkpoint.pt")
+    batches = Calibration(Source.load(tmp_path), None).inputs  # the 40 samples, time-major
+    assert [b.shape for b in batches] == [(4, 32, 1, 8, 8), (4, 8, 1, 8, 8)]
+    result = evaluate(onnx=export_checkpoint(tmp_path, form="int8").path)
+    assert result.form == "int8" and result.parity.max_accuracy_drop == 0.005
+    assert result.parity.verdict.spikes_compared == 40 * 4 * (4 * 64 + 8 * 64 + 16 * 16)
