@@ -176,7 +176,11 @@ def load_onnx(path: str | Path, providers: Optional[list[str]] = None,
     except json.JSONDecodeError:
         raise SnnkitError(f"{path} has snnkit metadata whose values are not JSON; re-export it with "
                           "`snnkit export`") from None
-    runner = RUNNERS.get(meta.get("format"), OnnxModel) if meta is not None else OnnxModel
+    form = meta.get("format", "unrolled") if meta is not None else "unrolled"
+    if missing := [k for k in FORM_KEYS.get(form, ()) if k not in meta]:
+        raise SnnkitError(f"{path} is an snnkit {form} graph whose metadata lacks {missing[0]!r}; "
+                          "re-export it with `snnkit export`")
+    runner = RUNNERS.get(form, OnnxModel)
     outputs, expected = [o.name for o in session.get_outputs()], runner.outputs(meta)
     if sorted(outputs) != sorted(expected):
         raise SnnkitError(f"{path} has outputs {outputs}; snnkit needs exactly {expected} "

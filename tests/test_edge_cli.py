@@ -119,11 +119,29 @@ def test_forms_that_cannot_be_written_are_refused_in_one_line(run, args, message
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]  # nothing written
 
 
-def test_a_nir_file_given_to_eval_is_refused_in_one_line(run):
-    (run / "model.nir").write_bytes(b"\x89HDF\r\n\x1a\n")
-    result = invoke("eval", "--onnx", str(run / "model.nir"))
-    assert result.exit_code == 2 and result.stderr.count("\n") == 1
-    assert "is a NIR graph, which `snnkit eval --onnx` does not run; evaluate the checkpoint" in result.stderr
+def nir_file(run: Path) -> str:
+    (run / "model.nir").write_bytes(b"\x89HDF\r\n\x1a\n")  # NIR files are HDF5
+    return str(run / "model.nir")
+
+
+def without_states(run: Path) -> str:
+    assert invoke("export", "--streaming").exit_code == 0
+    model = onnx.load(run / "model_streaming.onnx")
+    kept = [p for p in model.metadata_props if p.key != "states"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    onnx.save(model, run / "model_streaming.onnx")
+    return str(run / "model_streaming.onnx")
+
+
+@pytest.mark.parametrize("graph, message", [
+    (nir_file, "is a NIR graph, which `snnkit eval --onnx` does not run; evaluate the checkpoint"),
+    (without_states, "is an snnkit streaming graph whose metadata lacks 'states'; re-export it"),
+])
+def test_a_graph_eval_cannot_run_is_refused_in_one_line(run, graph, message):
+    result = invoke("eval", "--onnx", graph(run))
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1 and "Traceback" not in result.output
+    assert message in result.stderr
 
 
 def test_the_ten_line_onnxruntime_loop_of_the_readme_runs_the_streaming_graph(run):
