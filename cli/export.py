@@ -25,10 +25,11 @@ def export(
     run: Annotated[str, typer.Argument(metavar="RUN_OR_CHECKPOINT",
                                        help="A run directory or checkpoint file.")] = "runs/latest",
     output: Annotated[Optional[Path], typer.Option(
-        "--output", "-o", help="Where to write the graph (default: beside the checkpoint).")] = None,
+        "--output", "-o", help="Where to write the graph (default: model.onnx, model_streaming.onnx, "
+                               "model_int8.onnx or model.nir beside the checkpoint).")] = None,
     opset: Annotated[int, typer.Option(help=f"ONNX opset, {OPSETS.start}..{OPSETS.stop - 1}.")] = OPSET,
     T: Annotated[Optional[int], typer.Option(
-        "--T", "-T", help="Time steps to unroll (default: the T the model was trained with).")] = None,
+        "--T", "-T", help="Time steps to unroll, or to run a streaming graph for (default: the trained T).")] = None,
     streaming: Annotated[bool, typer.Option(
         help="A graph that runs one time step per call, the membrane states as inputs and outputs.")] = False,
     quantize: Annotated[Optional[Quantize], typer.Option(
