@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine, markdown_table, median_seconds, write_json  # noqa: E402
 
 from snnkit.checkpoint import atomic_save, load_checkpoint, make_checkpoint, model_from_checkpoint  # noqa: E402
-from snnkit.data import DataBundle, register_dataset  # noqa: E402
+from snnkit.data import DATASETS, DataBundle, register_dataset  # noqa: E402
 from snnkit.deploy.export import export_checkpoint  # noqa: E402
 from snnkit.deploy.runtime import OUTPUTS, load_onnx  # noqa: E402
 from snnkit.models import ModelSpec, build_model  # noqa: E402
@@ -58,11 +58,9 @@ def random_samples(shape: tuple[int, ...]):
     return load
 
 
-for _name, _shape in CASES.items():
-    register_dataset(f"random_{_name}")(random_samples(_shape))
-
-
 def random_checkpoint(name: str, shape: tuple[int, ...], out: Path) -> Path:
+    if f"random_{name}" not in DATASETS:
+        register_dataset(f"random_{name}")(random_samples(shape))
     spec = ModelSpec(name, 10, shape[0])
     data = {"name": f"random_{name}", "input_shape": list(shape), "class_names": [str(i) for i in range(10)],
             "kind": "static", "normalization": {}}

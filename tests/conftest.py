@@ -5,7 +5,10 @@ import torch
 
 @pytest.fixture(autouse=True)
 def _seed():
+    threads = torch.get_num_threads()
     torch.manual_seed(0)
+    yield
+    torch.set_num_threads(threads)  # a bench's main() sets it; float sums in later tests depend on it
 
 
 def pytest_collection_modifyitems(config, items):
