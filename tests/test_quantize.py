@@ -13,7 +13,7 @@ import torch
 
 from deploy_helpers import exact_input, model_and_checkpoint
 from snnkit.checkpoint import atomic_save
-from snnkit.data import DataBundle, register_dataset
+from snnkit.data import DATASETS, DataBundle, register_dataset
 from snnkit.deploy.costs import ANALOG
 from snnkit.deploy.evaluate import evaluate
 from snnkit.deploy.export import Source, export_checkpoint, unrolled_graph
@@ -89,7 +89,6 @@ def test_calibration_reads_the_training_split_checked_against_the_model(tmp_path
         Calibration(replace(src, ckpt=other), None)
 
 
-@register_dataset("events_for_int8_tests")
 def events(root=None) -> DataBundle:
     """Digits-shaped event frames, 4 per sample (the test checkpoints' T)."""
     g = torch.Generator().manual_seed(0)
@@ -99,6 +98,8 @@ def events(root=None) -> DataBundle:
 
 
 def test_event_input_is_calibrated_and_judged_frame_by_frame(tmp_path):
+    if "events_for_int8_tests" not in DATASETS:  # registered here, so that test_datasets never sees it
+        register_dataset("events_for_int8_tests")(events)
     _, ckpt = model_and_checkpoint("digits_convnet", dataset="events_for_int8_tests", kind="event")
     atomic_save(ckpt, tmp_path / "checkpoint.pt")
     batches = Calibration(Source.load(tmp_path), None).inputs  # the 40 samples, time-major
