@@ -58,6 +58,11 @@ def stacked(probed: Iterable[tuple[str, int, np.ndarray]]) -> tuple[dict[str, to
     return stack("u"), stack("s")
 
 
+def form_of(meta: Optional[dict]) -> str:
+    """A graph's form, as its metadata says; one exported before the forms or elsewhere is unrolled."""
+    return meta.get("format", "unrolled") if meta is not None else "unrolled"
+
+
 @dataclass
 class OnnxModel:
     """A graph that runs a whole sample per call (the unrolled and int8 forms)."""
@@ -74,7 +79,7 @@ class OnnxModel:
 
     @property
     def form(self) -> str:
-        return self.meta.get("format", "unrolled") if self.meta is not None else "unrolled"
+        return form_of(self.meta)
 
     @property
     def providers(self) -> list[str]:
@@ -176,7 +181,7 @@ def load_onnx(path: str | Path, providers: Optional[list[str]] = None,
     except json.JSONDecodeError:
         raise SnnkitError(f"{path} has snnkit metadata whose values are not JSON; re-export it with "
                           "`snnkit export`") from None
-    form = meta.get("format", "unrolled") if meta is not None else "unrolled"
+    form = form_of(meta)
     if missing := [k for k in FORM_KEYS.get(form, ()) if k not in meta]:
         raise SnnkitError(f"{path} is an snnkit {form} graph whose metadata lacks {missing[0]!r}; "
                           "re-export it with `snnkit export`")
