@@ -29,7 +29,7 @@ from snnkit.deploy.costs import topology
 from snnkit.deploy.evaluate import check_graph
 from snnkit.deploy.export import simplified, trace
 from snnkit.deploy.graph import deployable
-from snnkit.deploy.runtime import load_onnx
+from snnkit.deploy.runtime import OUTPUTS, load_onnx
 from snnkit.files import atomic_write
 from snnkit.models import MODELS, ModelSpec, build_model
 
@@ -50,9 +50,9 @@ def check_model(name: str, T: int, width: float, samples: int, exporters: list[s
     for exporter in exporters:
         start = time.perf_counter()
         with torch.no_grad():
-            raw = trace(graph, x[:2], 18, dynamo=exporter == "dynamo")
+            raw = trace(graph, (x[:2],), 18, {"input": 0}, OUTPUTS + graph.probe_names(), dynamo=exporter == "dynamo")
         exported = time.perf_counter()
-        model = simplified(raw)
+        model = simplified(raw, OUTPUTS)
         slimmed = time.perf_counter()
         path = tmp / f"{name}-{exporter}.onnx"
         onnx.save(model, path)
@@ -63,8 +63,9 @@ def check_model(name: str, T: int, width: float, samples: int, exporters: list[s
             options = ort.SessionOptions()
             options.graph_optimization_level = opt
             runtime = load_onnx(path, ["CPUExecutionProvider"], options)
-            twin, got, verdict = check_graph(runtime, graph, [(x, torch.zeros(samples, dtype=torch.long))],
-                                             sum(topology(net, shape).neurons))
+            checked = check_graph(runtime, graph, [(x, torch.zeros(samples, dtype=torch.long))],
+                                  sum(topology(net, shape).neurons))
+            twin, got, verdict = checked.twin, checked.graph, checked.verdict
             row[level] = {"passed": verdict.passed, "rounding_flips": verdict.rounding_flips,
                           "cascade_flips": verdict.cascade_flips, "unexplained": verdict.unexplained,
                           "first_explained": None if verdict.first_explained is None

@@ -6,6 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from snnkit.deploy import MAX_ACCURACY_DROP
+
 from .common import console, user_errors
 
 
@@ -19,21 +21,27 @@ def eval_command(
     data_root: Annotated[Optional[str], typer.Option(help="Where the dataset's files are.")] = None,
     batch_size: Annotated[int, typer.Option(help="Evaluation batch size.")] = 256,
     report_dir: Annotated[Optional[Path], typer.Option(
-        help="Also write efficiency.json and efficiency.png here.")] = None,
+        help="Also write efficiency.json and efficiency.png (and a streaming graph's early_exit.png) here.")] = None,
+    max_accuracy_drop: Annotated[float, typer.Option(
+        help="An int8 graph's gate: its largest accuracy drop against float32 (0.005 is 0.5 pp).")]
+    = MAX_ACCURACY_DROP,
 ) -> None:
     """Test accuracy and spike efficiency; with --onnx, parity of the graph with PyTorch, spike by spike."""
     from snnkit.deploy.evaluate import evaluate
-    from snnkit.deploy.report import efficiency_table, energy_lines, folding_line, parity_table, write_report
+    from snnkit.deploy.report import (early_exit_table, efficiency_table, energy_lines, folding_line, parity_table,
+                                      write_report)
 
     with user_errors():
-        result = evaluate(checkpoint or run, onnx, data_root, batch_size)
+        result = evaluate(checkpoint or run, onnx, data_root, batch_size, max_accuracy_drop=max_accuracy_drop)
         files = write_report(result, report_dir) if report_dir is not None else ()
-    side = f"ONNX ({', '.join(result.providers)})" if onnx is not None else "PyTorch"
+    side = f"ONNX {result.form} graph ({', '.join(result.providers)})" if onnx is not None else "PyTorch"
     console.print(f"{result.dataset} test accuracy at T = {result.T}, {side}: {result.accuracy:.2%}  "
                   f"(checkpoint {result.checkpoint})", markup=False, highlight=False, soft_wrap=True)
     if result.parity is not None:
         console.print(parity_table(result.parity))
         console.print(folding_line(result.folding), markup=False, highlight=False, soft_wrap=True)
+    if result.accuracy_per_step is not None:
+        console.print(early_exit_table(result.accuracy_per_step))
     console.print(efficiency_table(result.report))
     for line in energy_lines(result.report):
         console.print(line, markup=False, highlight=False, soft_wrap=True)

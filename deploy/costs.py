@@ -24,7 +24,7 @@ import operator
 import re
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -128,9 +128,10 @@ class Topology:
         return {"spiking": [asdict(s) for s in self.spiking], "synaptic": [asdict(s) for s in self.synaptic]}
 
     @contextmanager
-    def tally(self, body: nn.Module, T: int) -> Iterator[Tally]:
-        """Sum what every spike source of ``body`` emits while the block runs it at ``T`` steps."""
-        tally = Tally(T)
+    def tally(self, body: nn.Module, T: int, into: Optional[Tally] = None) -> Iterator[Tally]:
+        """Sum what every spike source of ``body`` emits while the block runs it at ``T`` steps (into
+        ``into``, which an earlier block started, if given)."""
+        tally = into if into is not None else Tally(T)
         handles = [body.get_submodule(name).register_forward_hook(
             lambda _m, _i, out, name=name: tally.add(name, out)) for name in {*self.layer_names, *self.maps}]
         try:

@@ -1,9 +1,12 @@
 """``snnkit eval``: accuracy on the test split of the model's dataset, ONNX parity, efficiency.
 
-With a graph, everything runs at the graph's T. Parity (:mod:`snnkit.deploy.parity`) judges the
-graph in onnxruntime, step by step, against its PyTorch twin (the checkpoint's model with BatchNorm
-folded as exported, CPU float32); what folding alone changes is measured against the checkpoint's
-own model and reported beside it.
+With a graph, everything runs at the graph's T, whatever its form (a streaming graph is driven for T
+steps). Parity (:mod:`snnkit.deploy.parity`) judges the graph in onnxruntime, step by step, against
+its PyTorch twin (the checkpoint's model with BatchNorm folded as exported, CPU float32); what
+folding alone changes is measured against the checkpoint's own model and reported beside it. An
+int8 graph is gated on its accuracy against the twin's instead, since quantized weights
+legitimately move spikes; its spike-by-spike comparison is reported. Operations are counted on the
+graph's own spikes.
 """
 from __future__ import annotations
 
@@ -16,20 +19,22 @@ import torch
 from torch.utils.data import DataLoader
 
 from snnkit.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
-from snnkit.data import encode, load_dataset
+from snnkit.data import DataBundle, encode, load_dataset
 from snnkit.errors import DataError, SnnkitError
-from snnkit.spiking import SpikingNet
+from snnkit.spiking import Mode, SpikingNet
 
+from . import MAX_ACCURACY_DROP
 from .costs import Tally, Topology, topology
 from .efficiency import efficiency_report
 from .export import file_sha256
 from .graph import PROBE, TimeUnrolled, deployable
-from .parity import Verdict, nonfinite_weights, verify
+from .parity import Observed, Verdict, nonfinite_weights, verify
 from .runtime import OnnxModel, load_onnx
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 LATEST = "runs/latest"
 PROBE_BYTES = 1 << 30  # per chunk of samples run with every membrane and spike exposed (both sides)
+ACCURACY_GATED = {"int8"}  # quantized weights legitimately move spikes
 
 
 @dataclass(frozen=True)
@@ -37,10 +42,18 @@ class Predictions:
     logits: np.ndarray  # [N, classes]
     spike_counts: np.ndarray  # [N, L]
     labels: np.ndarray  # [N]
+    step_logits: Optional[np.ndarray] = None  # [T, N, classes], a streaming graph's at each step
 
     @property
     def accuracy(self) -> float:
         return float((self.logits.argmax(1) == self.labels).mean())
+
+    def accuracy_per_step(self) -> Optional[list[float]]:
+        """The early-exit curve: accuracy when stopping after t = 1..T steps (the argmax of the
+        logits averaged over the steps run)."""
+        if self.step_logits is None:
+            return None
+        return [float((s.argmax(1) == self.labels).mean()) for s in np.cumsum(self.step_logits, axis=0)]
 
 
 @dataclass(frozen=True)
@@ -65,15 +78,23 @@ def agreement(a: Predictions, b: Predictions, layer_names: list[str]) -> Agreeme
 
 @dataclass(frozen=True)
 class Parity:
-    """The graph (b) against its PyTorch twin (a): the verdict on every spike, and the outputs."""
+    """The graph (b) against its PyTorch twin (a): the verdict on every spike, and the outputs. With
+    ``max_accuracy_drop`` (an int8 graph) the gate is the accuracy instead, and the verdict is reported."""
 
     T: int
     verdict: Verdict
     outputs: Agreement
+    max_accuracy_drop: Optional[float] = None
+
+    @property
+    def accuracy_drop(self) -> float:
+        return self.outputs.accuracy_a - self.outputs.accuracy_b
 
     @property
     def passed(self) -> bool:
-        return self.verdict.passed
+        if self.max_accuracy_drop is None:
+            return self.verdict.passed
+        return self.accuracy_drop <= self.max_accuracy_drop
 
 
 @dataclass(frozen=True)
@@ -86,6 +107,8 @@ class EvalResult:
     parity: Optional[Parity] = None
     folding: Optional[Agreement] = None  # BN folding alone: the checkpoint's model (a) against the twin (b)
     providers: list[str] = field(default_factory=list)
+    form: str = "checkpoint"  # or the graph's: "unrolled", "streaming", "int8"
+    accuracy_per_step: Optional[list[float]] = None  # a streaming graph's, after t = 1..T steps
 
 
 @torch.no_grad()
@@ -101,41 +124,64 @@ def graph_input(x: torch.Tensor, T: int, kind: str) -> torch.Tensor:
     return x if kind == "static" else encode(x, T, kind)
 
 
-def check_graph(model: OnnxModel, twin: TimeUnrolled, batches: Batches,
-                neurons: int) -> tuple[Predictions, Predictions, Verdict]:
+class Replay(Mode):
+    """A LIF layer that emits the spikes a graph emitted (``[T, B, ...]``)."""
+
+    def __init__(self, spikes: torch.Tensor):
+        super().__init__()
+        self.spikes = spikes
+
+    def __call__(self, lif, x: torch.Tensor) -> torch.Tensor:
+        return self.spikes.flatten(0, 1)
+
+
+@torch.no_grad()
+def replay(twin: TimeUnrolled, x: torch.Tensor, observed: Observed) -> None:
+    """Run the twin's layers on the graph's own spikes, so that a tally counts what they cost."""
+    spikes = iter([observed.spikes[name] for name in twin.layer_names])  # in neuron_mode's order
+    twin.run_steps(x if twin.kind == "static" else x.flatten(0, 1), lambda _: Replay(next(spikes)))
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A graph run over batches with its probes exposed, beside its twin."""
+
+    twin: Predictions
+    graph: Predictions
+    verdict: Verdict
+    tally: Optional[Tally]  # the graph's spikes position by position, when a topology was given
+
+
+def check_graph(model: OnnxModel, twin: TimeUnrolled, batches: Batches, neurons: int,
+                topo: Optional[Topology] = None) -> Checked:
     """Run every batch through the graph with its probes exposed and judge it against ``twin``;
-    returns (twin's predictions, graph's predictions, verdict). ``neurons`` (per sample) sizes the
-    chunks that bound the memory."""
+    with ``topo``, also tally the graph's own spikes for the operation counts. ``neurons`` (per
+    sample) sizes the chunks that bound the memory."""
     chunk = max(1, PROBE_BYTES // (neurons * twin.T * 32))  # ~8 float32 copies of every membrane
     ref_out, got_out, labels, verdict = [], [], [], nonfinite_weights(model.weights())
+    tally = Tally(twin.T) if topo is not None else None
     for x, y in batches:
         for xs in graph_input(x, twin.T, twin.kind).split(chunk, dim=0 if twin.kind == "static" else 1):
             observed = model.observe(xs.numpy())
             ref = verify(twin, xs, observed)
             verdict = verdict.merge(ref.verdict)
-            ref_out.append((ref.logits, ref.spike_counts))
-            got_out.append((observed.logits, observed.spike_counts))
+            ref_out.append((ref.logits, ref.spike_counts, None))
+            got_out.append((observed.logits, observed.spike_counts, observed.step_logits))
+            if topo is not None:
+                with topo.tally(twin.body, twin.T, tally):
+                    replay(twin, xs, observed)
         labels.append(y)
 
     def predictions(outs: list) -> Predictions:
+        steps = None if outs[0][2] is None else torch.cat([o[2] for o in outs], 1).numpy()
         return Predictions(torch.cat([o[0] for o in outs]).numpy(), torch.cat([o[1] for o in outs]).numpy(),
-                           torch.cat(labels).numpy())
+                           torch.cat(labels).numpy(), steps)
 
-    return predictions(ref_out), predictions(got_out), verdict
-
-
-@torch.no_grad()
-def count_operations(topo: Topology, twin: TimeUnrolled, batches: Batches) -> Tally:
-    """The twin's spikes, position by position, over the batches the graph ran (parity's bound
-    interpreter does not call the modules, so the count is a plain run of its own)."""
-    with topo.tally(twin.body, twin.T) as tally:
-        for x, _ in batches:
-            twin(graph_input(x, twin.T, twin.kind))
-    return tally
+    return Checked(predictions(ref_out), predictions(got_out), verdict, tally)
 
 
-def evaluation_batches(ckpt: dict, root: Optional[str], batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The test split of the dataset the checkpoint was trained on, checked against the model."""
+def checked_dataset(ckpt: dict, root: Optional[str]) -> DataBundle:
+    """The dataset the checkpoint was trained on, checked against the model."""
     data = ckpt["data"]
     bundle = load_dataset(data["name"], root)
     expected = tuple(data["input_shape"])
@@ -143,7 +189,12 @@ def evaluation_batches(ckpt: dict, root: Optional[str], batch_size: int) -> list
         raise DataError(f"dataset {data['name']!r} gives samples of shape {tuple(bundle.input_shape)} with "
                         f"{bundle.num_classes} classes but the model expects {expected} with "
                         f"{len(data['class_names'])}; point --data-root at the data it was trained on")
-    return list(DataLoader(bundle.test, batch_size=batch_size, shuffle=False))
+    return bundle
+
+
+def evaluation_batches(ckpt: dict, root: Optional[str], batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The test split of the dataset the checkpoint was trained on."""
+    return list(DataLoader(checked_dataset(ckpt, root).test, batch_size=batch_size, shuffle=False))
 
 
 def checkpoint_for(model: OnnxModel, checkpoint: Optional[str | Path]) -> Path:
@@ -183,11 +234,14 @@ def graph_steps(model: OnnxModel, layer_names: list[str]) -> int:
 
 
 def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path] = None,
-             data_root: Optional[str] = None, batch_size: int = 256, model: Optional[OnnxModel] = None) -> EvalResult:
+             data_root: Optional[str] = None, batch_size: int = 256, model: Optional[OnnxModel] = None,
+             max_accuracy_drop: float = MAX_ACCURACY_DROP) -> EvalResult:
     """Evaluate the checkpoint (default ``runs/latest``) or, with ``onnx`` (or an opened ``model``),
-    the graph against it, at the graph's T."""
+    the graph against it, at the graph's T. ``max_accuracy_drop`` gates an int8 graph."""
     if batch_size < 1:
         raise SnnkitError(f"--batch-size must be at least 1, got {batch_size}")
+    if not 0 <= max_accuracy_drop <= 1:
+        raise SnnkitError(f"--max-accuracy-drop must be between 0 and 1 (0.005 is 0.5 pp), got {max_accuracy_drop}")
     model = model or (load_onnx(onnx) if onnx is not None else None)
     ckpt_path = checkpoint_for(model, checkpoint) if model is not None else resolve_checkpoint_path(checkpoint or LATEST)
     ckpt = load_checkpoint(ckpt_path)
@@ -197,14 +251,18 @@ def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path]
     T = graph_steps(model, topo.layer_names) if model is not None else int(ckpt["T"])
     batches = evaluation_batches(ckpt, data_root, batch_size)
     twin = deployable(net, T, kind, probes=True)  # the graph's PyTorch twin: same folded weights
-    describe = dict(computed_once=twin.computed_once, model=ckpt["model"]["name"], dataset=ckpt["data"]["name"])
+    describe = dict(model=ckpt["model"]["name"], dataset=ckpt["data"]["name"])
     if model is None:
         with topo.tally(net.body, T) as tally:
             ref = predict_torch(net, batches, T, kind)
-        return EvalResult(ckpt_path, ckpt["data"]["name"], T, ref.accuracy, efficiency_report(topo, tally, **describe))
+        return EvalResult(ckpt_path, ckpt["data"]["name"], T, ref.accuracy,
+                          efficiency_report(topo, tally, twin.computed_once, **describe))
     ref = predict_torch(net, batches, T, kind)
-    folded, got, verdict = check_graph(model, twin, batches, sum(topo.neurons))
-    return EvalResult(ckpt_path, ckpt["data"]["name"], T, got.accuracy,
-                      efficiency_report(topo, count_operations(topo, twin, batches), **describe),
-                      Parity(T, verdict, agreement(folded, got, topo.layer_names)),
-                      agreement(ref, folded, topo.layer_names), model.providers)
+    checked = check_graph(model, twin, batches, sum(topo.neurons), topo)
+    once = model.meta["computed_once"] if model.meta is not None else twin.computed_once  # what the graph computes
+    gate = max_accuracy_drop if model.form in ACCURACY_GATED else None
+    return EvalResult(ckpt_path, ckpt["data"]["name"], T, checked.graph.accuracy,
+                      efficiency_report(topo, checked.tally, once, **describe),
+                      Parity(T, checked.verdict, agreement(checked.twin, checked.graph, topo.layer_names), gate),
+                      agreement(ref, checked.twin, topo.layer_names), model.providers, model.form,
+                      checked.graph.accuracy_per_step())

@@ -1,4 +1,10 @@
-"""``snnkit export``: a checkpoint -> a time-unrolled ONNX graph with spike counts and metadata.
+"""``snnkit export``: a checkpoint -> a checked graph with spike counts and metadata, in one of four
+forms (:func:`export_checkpoint`'s ``form``):
+
+- ``unrolled`` (default): a whole sample per call, all T steps inside (:class:`~snnkit.deploy.graph.TimeUnrolled`);
+- ``streaming``: one step per call, the membrane states as inputs and outputs (:class:`~snnkit.deploy.graph.OneStep`);
+- ``int8``: the unrolled graph quantized (:mod:`snnkit.deploy.quantize`);
+- ``nir``: the network as a NIR graph for neuromorphic tool chains (:mod:`snnkit.deploy.nir_export`).
 
 The exporter is named explicitly: torch's TorchScript exporter (``dynamo=False``), then onnxslim,
 which removes the shape plumbing (constant folding, shape arithmetic, dead nodes). The dynamo
@@ -6,10 +12,10 @@ exporter (which needs ``onnxscript``) ends at the same graph but took 5-17× lon
 The TorchScript one announces itself as legacy with two DeprecationWarnings, which are silenced
 here by their exact text and nowhere else.
 
-The graph is traced with each LIF layer's membrane and spikes at every step as extra outputs, so
+A graph is traced with each LIF layer's membrane and spikes at every step as extra outputs, so
 that those tensors carry stable names (:func:`~snnkit.deploy.graph.probe_name`) through the
-simplifier; the written file has only ``logits`` and ``spike_counts`` as outputs, and parity
-exposes the probes again to compare them step by step.
+simplifier; the written file has only its own outputs, and parity exposes the probes again to
+compare them step by step. Every form is checked where it is made.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import onnx
 import onnxslim
@@ -29,20 +35,22 @@ import torch
 from snnkit import __version__
 from snnkit.checkpoint import load_checkpoint, model_from_checkpoint, nonfinite, resolve_checkpoint_path
 from snnkit.errors import SnnkitError
+from snnkit.files import atomic_write
+from snnkit.spiking import SpikingNet
 
 from . import OPSET, OPSETS
-from .costs import topology
-from snnkit.files import atomic_write
-from .graph import TimeUnrolled, deployable
+from .costs import Topology, topology
+from .graph import TimeUnrolled, deployable, one_step
 from .parity import verify
-from .runtime import META_KEYS, OUTPUTS, load_onnx
+from .runtime import FORM_KEYS, META_KEYS, OUTPUTS, load_onnx
 
 log = logging.getLogger("snnkit.deploy")
 
 EXPORTER = "torch.onnx.export(dynamo=False), TorchScript, then onnxslim"
 LEGACY_NOTICES = (r"You are using the legacy TorchScript-based ONNX export",
                   r"The feature will be removed\. Please remove usage of this function")
-ONNX_NAME = "model.onnx"
+FILE_NAMES = {"unrolled": "model.onnx", "streaming": "model_streaming.onnx", "int8": "model_int8.onnx",
+              "nir": "model.nir"}
 
 
 @dataclass(frozen=True)
@@ -52,7 +60,8 @@ class ExportResult:
     nodes: int
     T: int
     layers: int
-    opset: int
+    opset: Optional[int]  # None for NIR
+    detail: str = ""  # what the form adds to the one-line summary
 
 
 def config_hash(config: dict) -> str:
@@ -67,86 +76,162 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def trace(graph: TimeUnrolled, example: torch.Tensor, opset: int, dynamo: bool = False) -> onnx.ModelProto:
-    """The exporter's raw graph, every probe an output. ``dynamo`` selects torch's dynamo exporter
-    instead (only for the comparison in bench/)."""
-    batch_axis = 0 if graph.kind == "static" else 1
-    names = OUTPUTS + graph.probe_names()
+@dataclass(frozen=True)
+class Source:
+    """What every form starts from: the checkpoint, its model on CPU in float32, the T to run."""
+
+    path: Path
+    ckpt: dict
+    net: SpikingNet
+    T: int
+    kind: str
+    input_shape: tuple[int, ...]
+    topo: Topology
+
+    @classmethod
+    def load(cls, checkpoint: str | Path, T: Optional[int] = None) -> "Source":
+        """The checkpoint (a file or a run directory), to run for ``T`` steps (default: the trained T)."""
+        if T is not None and T < 1:
+            raise SnnkitError(f"--T {T} is not a number of time steps; give 1 or more")
+        path = resolve_checkpoint_path(checkpoint)
+        ckpt = load_checkpoint(path)
+        if bad := nonfinite(ckpt["state_dict"]):
+            raise SnnkitError(f"{path} holds non-finite weights ({bad[0]}): its run diverged; export an "
+                              "earlier checkpoint or retrain with a lower optim.lr")
+        kind, trained = ckpt["data"]["kind"], int(ckpt["T"])
+        if kind == "event" and T is not None and T != trained:
+            raise SnnkitError(f"--T {T} does not fit event data, which gives one frame per step: this model's data "
+                              f"has {trained} frames per sample, so export it at T = {trained}")
+        net = model_from_checkpoint(ckpt).to("cpu", torch.float32).eval()
+        input_shape = tuple(ckpt["data"]["input_shape"])
+        return cls(path, ckpt, net, int(T or trained), kind, input_shape, topology(net, input_shape))
+
+    def twin(self) -> TimeUnrolled:
+        """The unrolled network with its probes: what every float32 form is judged against."""
+        return deployable(self.net, self.T, self.kind, probes=True)
+
+    def example(self, batch: int = 2) -> torch.Tensor:
+        """Random samples in the unrolled graph's input layout."""
+        return torch.randn(batch, *self.input_shape) if self.kind == "static" else torch.randn(self.T, batch,
+                                                                                                *self.input_shape)
+
+    def metadata(self, form: str, opset: Optional[int], computed_once: Iterable[str]) -> dict:
+        """The facts every exported file carries (JSON values): ``computed_once`` names the modules
+        the graph computes once per sample."""
+        data = self.ckpt["data"]
+        return {
+            "snnkit_version": __version__, "format": form, "T": self.T, "neuron": self.ckpt["model"]["neuron"],
+            "layer_names": self.topo.layer_names, "topology": self.topo.as_dict(),
+            "computed_once": list(computed_once), "input_shape": list(self.input_shape), "input_kind": self.kind,
+            "input_layout": "[B, C, H, W]" if self.kind == "static" else "[T, B, C, H, W]",
+            "normalization": data["normalization"], "class_names": data["class_names"],
+            "dataset": data["name"], "model": self.ckpt["model"], "opset": opset,
+            "config_hash": config_hash(self.ckpt["config"]),
+            "checkpoint": {"file": self.path.name, "sha256": file_sha256(self.path)},
+            "exporter": EXPORTER,
+        }
+
+
+def trace(module: torch.nn.Module, example: tuple[torch.Tensor, ...], opset: int, inputs: dict[str, int],
+          outputs: list[str], dynamo: bool = False) -> onnx.ModelProto:
+    """The exporter's raw graph. ``inputs`` maps each input name to its batch axis; outputs are
+    batch-first. ``dynamo`` selects torch's dynamo exporter instead (only for the comparison in bench/)."""
     with warnings.catch_warnings():
         for notice in LEGACY_NOTICES:
             warnings.filterwarnings("ignore", message=notice, category=DeprecationWarning)
         if dynamo:
             return torch.onnx.export(
-                graph, (example,), dynamo=True, opset_version=opset, input_names=["input"], output_names=names,
-                dynamic_shapes=({batch_axis: torch.export.Dim("batch")},), verbose=False).model_proto
+                module, example, dynamo=True, opset_version=opset, input_names=list(inputs), output_names=outputs,
+                dynamic_shapes=tuple({axis: torch.export.Dim("batch")} for axis in inputs.values()),
+                verbose=False).model_proto
         f = io.BytesIO()
         torch.onnx.export(
-            graph, (example,), f, dynamo=False, opset_version=opset, do_constant_folding=True,
-            input_names=["input"], output_names=names,
-            dynamic_axes={"input": {batch_axis: "batch"}, **{n: {0: "batch"} for n in names}})
+            module, example, f, dynamo=False, opset_version=opset, do_constant_folding=True,
+            input_names=list(inputs), output_names=outputs,
+            dynamic_axes={**{name: {axis: "batch"} for name, axis in inputs.items()},
+                          **{name: {0: "batch"} for name in outputs}})
     return onnx.load_from_string(f.getvalue())
 
 
-def simplified(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnxslim's graph, with only ``logits`` and ``spike_counts`` as outputs; probes keep their names."""
+def simplified(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
+    """onnxslim's graph with only ``outputs`` as outputs; the probes keep their names."""
     model = onnxslim.slim(model)
-    kept = [o for o in model.graph.output if o.name in OUTPUTS]
+    kept = [o for o in model.graph.output if o.name in outputs]
     del model.graph.output[:]
     model.graph.output.extend(kept)
     return model
 
 
-def export_checkpoint(checkpoint: str | Path, out: Optional[str | Path] = None, opset: int = OPSET,
-                      T: Optional[int] = None) -> ExportResult:
-    """Export the model in ``checkpoint`` (a file or a run directory) to ``out`` (default:
-    ``model.onnx`` beside the checkpoint), unrolled for ``T`` steps (default: the trained T), and
-    check the written file in onnxruntime."""
-    if opset not in OPSETS:
-        raise SnnkitError(f"--opset {opset} is not supported; choose one of {OPSETS.start}..{OPSETS.stop - 1}")
-    if T is not None and T < 1:
-        raise SnnkitError(f"--T {T} is not a number of time steps; give 1 or more")
-    ckpt_path = resolve_checkpoint_path(checkpoint)
-    ckpt = load_checkpoint(ckpt_path)
-    if bad := nonfinite(ckpt["state_dict"]):
-        raise SnnkitError(f"{ckpt_path} holds non-finite weights ({bad[0]}): its run diverged; export an "
-                          "earlier checkpoint or retrain with a lower optim.lr")
-    out = Path(out) if out is not None else ckpt_path.parent / ONNX_NAME
-    data, T = ckpt["data"], int(T or ckpt["T"])
-    kind, input_shape = data["kind"], tuple(data["input_shape"])
-    if kind == "event" and T != ckpt["T"]:
-        raise SnnkitError(f"--T {T} does not fit event data, which gives one frame per step: this model's data has "
-                          f"{ckpt['T']} frames per sample, so export it at T = {ckpt['T']}")
-    net = model_from_checkpoint(ckpt)
-    graph = deployable(net, T, kind, probes=True)
-    topo = topology(net, input_shape)
-
-    example = torch.randn(2, *input_shape) if kind == "static" else torch.randn(T, 2, *input_shape)
+def probed_graph(module: TimeUnrolled, example: tuple[torch.Tensor, ...], opset: int, inputs: dict[str, int],
+                 outputs: list[str]) -> onnx.ModelProto:
+    """``module`` traced with its probes and simplified, keeping ``outputs``."""
     with torch.no_grad():
-        model = simplified(trace(graph, example, opset))
-    meta = {
-        "snnkit_version": __version__, "T": T, "neuron": ckpt["model"]["neuron"],
-        "layer_names": topo.layer_names, "topology": topo.as_dict(),
-        "computed_once": list(graph.computed_once),
-        "input_shape": list(input_shape), "input_kind": kind,
-        "input_layout": "[B, C, H, W]" if kind == "static" else "[T, B, C, H, W]",
-        "normalization": data["normalization"], "class_names": data["class_names"],
-        "dataset": data["name"], "model": ckpt["model"], "opset": opset,
-        "config_hash": config_hash(ckpt["config"]),
-        "checkpoint": {"file": ckpt_path.name, "sha256": file_sha256(ckpt_path)},
-        "exporter": EXPORTER,
-    }
-    onnx.helper.set_model_props(model, {k: json.dumps(meta[k]) for k in META_KEYS})
+        return simplified(trace(module, example, opset, inputs, outputs + module.probe_names()), outputs)
+
+
+def save_onnx(model: onnx.ModelProto, meta: dict, out: Path) -> None:
+    """Attach the metadata the runtime reads for this form, check the graph fully, write it atomically."""
+    keys = META_KEYS + FORM_KEYS[meta["format"]]
+    onnx.helper.set_model_props(model, {k: json.dumps(meta[k]) for k in keys})
     onnx.checker.check_model(model, full_check=True)
     atomic_write(out, model.SerializeToString())
-    check_forward(out, graph, example)
-    log.debug("exported %s with %s, opset %d", out, EXPORTER, opset)
-    return ExportResult(out, out.stat().st_size, len(model.graph.node), T, len(topo.layer_names), opset)
 
 
-def check_forward(path: Path, graph: TimeUnrolled, example: torch.Tensor) -> None:
-    """Run the written file in onnxruntime and judge it step by step against ``graph`` (parity's
+def unrolled_graph(src: Source, opset: int) -> tuple[onnx.ModelProto, TimeUnrolled]:
+    """The time-unrolled graph (simplified, in memory) and the twin it was traced from."""
+    twin = src.twin()
+    inputs = {"input": 0 if src.kind == "static" else 1}
+    return probed_graph(twin, (src.example(),), opset, inputs, OUTPUTS), twin
+
+
+def export_unrolled(src: Source, out: Path, opset: int, data_root: Optional[str] = None) -> ExportResult:
+    """A whole sample in, time-averaged logits and spike counts out."""
+    model, twin = unrolled_graph(src, opset)
+    save_onnx(model, src.metadata("unrolled", opset, twin.computed_once), out)
+    check_forward(out, twin, src.example())
+    return ExportResult(out, out.stat().st_size, len(model.graph.node), src.T, len(twin.layer_names), opset)
+
+
+def export_streaming(src: Source, out: Path, opset: int, data_root: Optional[str] = None) -> ExportResult:
+    """One step per call; the metadata names each state tensor, its per-sample shape and initial value."""
+    step = one_step(src.net, probes=True)
+    shapes = step.state_shapes(src.input_shape)
+    states = [{"input": f"state_{i}", "output": f"next_state_{i}", "layer": layer, "shape": list(shape),
+               "initial": 0.0} for i, (layer, shape) in enumerate(zip(step.layer_names, shapes))]
+    example = (torch.randn(2, *src.input_shape), *[torch.zeros(2, *shape) for shape in shapes])
+    model = probed_graph(step, example, opset, {"input": 0, **{s["input"]: 0 for s in states}},
+                         OUTPUTS + [s["output"] for s in states])
+    meta = {**src.metadata("streaming", opset, ()), "input_layout": "[B, C, H, W], one step per call",
+            "states": states}
+    save_onnx(model, meta, out)
+    check_forward(out, src.twin(), src.example())
+    return ExportResult(out, out.stat().st_size, len(model.graph.node), src.T, len(states), opset,
+                        f"one step per call, {len(states)} state tensors")
+
+
+def export_checkpoint(checkpoint: str | Path, out: Optional[str | Path] = None, opset: int = OPSET,
+                      T: Optional[int] = None, form: str = "unrolled", data_root: Optional[str] = None) -> ExportResult:
+    """Export the model in ``checkpoint`` (a file or a run directory) as ``form`` to ``out``
+    (default: :data:`FILE_NAMES` beside the checkpoint), for ``T`` steps (default: the trained T),
+    and check the written file. ``data_root``: where the training data is (int8 calibrates on it)."""
+    from .nir_export import export_nir  # these two build on this module's pieces
+    from .quantize import export_int8
+
+    forms = {"unrolled": export_unrolled, "streaming": export_streaming, "int8": export_int8, "nir": export_nir}
+    if form not in forms:
+        raise SnnkitError(f"unknown export form {form!r}; choose one of {', '.join(forms)}")
+    if opset not in OPSETS:
+        raise SnnkitError(f"--opset {opset} is not supported; choose one of {OPSETS.start}..{OPSETS.stop - 1}")
+    src = Source.load(checkpoint, T)
+    result = forms[form](src, Path(out) if out is not None else src.path.parent / FILE_NAMES[form], opset, data_root)
+    log.debug("exported %s (%s), opset %d", result.path, form, opset)
+    return result
+
+
+def check_forward(path: Path, twin: TimeUnrolled, example: torch.Tensor) -> None:
+    """Run the written file in onnxruntime and judge it step by step against ``twin`` (parity's
     verdict: a NaN, a spike count or a membrane that rounding cannot explain is an exporter bug)."""
-    verdict = verify(graph, example, load_onnx(path).observe(example.numpy())).verdict
+    verdict = verify(twin, example, load_onnx(path).observe(example.numpy())).verdict
     if not verdict.passed:
         raise RuntimeError(f"{path}: onnxruntime disagrees with PyTorch right after export "
                            f"({verdict.first_unexplained.describe()}); this is an snnkit bug, please report it")

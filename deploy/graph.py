@@ -7,12 +7,16 @@ fed such a value takes it as its current at every step, and any other step-wise 
 tiled over T. :attr:`TimeUnrolled.computed_once` names those modules; every other module runs at
 each of the T steps. The graph runs the toolkit's own :func:`~snnkit.neuron.lif_step` (Heaviside
 firing) through a :class:`~snnkit.spiking.Mode`, starting the membrane at the scalar 0 so that a
-trace keeps the batch dimension dynamic. Nothing here depends on the training code.
+trace keeps the batch dimension dynamic. :class:`OneStep` is the same network advanced by one step
+per call, its membrane potentials coming in and going out (the streaming graph). Nothing here
+depends on the training code.
 """
 from __future__ import annotations
 
 import copy
 import re
+from typing import Callable
+
 import torch
 from torch import fx, nn
 
@@ -97,20 +101,20 @@ def split_once_per_sample(gm: fx.GraphModule, T: int) -> tuple[list[str], list[s
 
 class Unrolled(Mode):
     """T explicit copies of the LIF step on ``[T·B, ...]``, or on ``[B, ...]`` when the current is
-    the same at every step (``constant``); the potential starts at 0 in the graph. With ``probes``
-    it keeps each step's (membrane before reset, spikes)."""
+    the same at every step (``constant``). The potential starts at ``v`` (the scalar 0 in the
+    unrolled graph, an input of the streaming graph) and ends in ``self.v``. With ``probes`` it
+    keeps each step's (membrane before reset, spikes)."""
 
-    def __init__(self, T: int, constant: bool, probes: bool):
+    def __init__(self, T: int, constant: bool, probes: bool, v: torch.Tensor | float = 0.0):
         super().__init__()
-        self.T, self.constant, self.probes = T, constant, probes
+        self.T, self.constant, self.probes, self.v = T, constant, probes, v
         self.steps_seen: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def __call__(self, lif: LIF, x: torch.Tensor) -> torch.Tensor:
         x_seq = [x] * self.T if self.constant else x.unflatten(0, (self.T, -1))  # [T, B, ...]
-        v: torch.Tensor | float = 0.0
         spikes = []
         for t in range(self.T):
-            s, v, u = lif_step(v, x_seq[t], lif.neuron)
+            s, self.v, u = lif_step(self.v, x_seq[t], lif.neuron)
             spikes.append(s)
             if self.probes:
                 self.steps_seen.append((u, s))
@@ -138,17 +142,56 @@ class TimeUnrolled(nn.Module):
     def probe_names(self) -> list[str]:
         return [probe_name(layer, kind, t) for layer in self.layer_names for t in range(self.T) for kind in "us"]
 
+    def run_steps(self, flat: torch.Tensor, make: Callable[[LIF], Mode]) -> tuple[torch.Tensor, list[Mode]]:
+        """The step graph on ``flat`` with ``make(lif)`` driving each LIF layer: (its output, the modes)."""
+        with neuron_mode(self.body, make) as modes:
+            return self.step_graph(flat), modes
+
+    @staticmethod
+    def observed(modes: list[Unrolled]) -> tuple[torch.Tensor, ...]:
+        """``spike_counts`` [B, L] int64, then the probes in the order of :meth:`probe_names`."""
+        return (spike_counts(modes).to(torch.int64), *[t for m in modes for u, s in m.steps_seen for t in (u, s)])
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         flat = x if self.kind == "static" else x.flatten(0, 1)  # [T, B, ...] -> [T·B, ...]
-        with neuron_mode(self.body, lambda lif: Unrolled(self.T, lif in self.constant_fed, self.probes)) as modes:
-            y = self.step_graph(flat)
-        logits = y.unflatten(0, (self.T, -1)).mean(0)  # [T·B, K] -> [B, K]
-        probed = [t for m in modes for u, s in m.steps_seen for t in (u, s)]
-        return (logits, spike_counts(modes).to(torch.int64), *probed)
+        y, modes = self.run_steps(flat, lambda lif: Unrolled(self.T, lif in self.constant_fed, self.probes))
+        return (y.unflatten(0, (self.T, -1)).mean(0), *self.observed(modes))  # logits [T·B, K] -> [B, K]
+
+
+class OneStep(TimeUnrolled):
+    """The streaming graph: ``(input, *states)`` -> (``logits`` and ``spike_counts`` of this step,
+    the next states, and with ``probes`` each LIF layer's membrane and spikes at this step as step 0).
+
+    ``input`` is one step's ``[B, C, H, W]``; a state is a LIF layer's potential after the previous
+    step (``[B, *shape]``, zeros before the first), in spike-count column order. Each call takes one
+    frame, as event input does, so nothing is computed once."""
+
+    def __init__(self, body: nn.Module, probes: bool = False):
+        super().__init__(body, 1, "event", probes)
+
+    def forward(self, x: torch.Tensor, *states: torch.Tensor | float) -> tuple[torch.Tensor, ...]:
+        incoming = iter(states)  # neuron_mode makes the modes in spike-count column order
+        y, modes = self.run_steps(x, lambda _: Unrolled(1, False, self.probes, next(incoming)))
+        counts, *probed = self.observed(modes)
+        return (y, counts, *[m.v for m in modes], *probed)
+
+    @torch.no_grad()
+    def state_shapes(self, input_shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+        """Each LIF layer's potential per sample, from one step on a zero sample."""
+        _, _, *states = self(torch.zeros(1, *input_shape), *[0.0] * len(self.layer_names))
+        return [tuple(v.shape[1:]) for v in states[:len(self.layer_names)]]
 
 
 def deployable(net: SpikingNet, T: int, kind: str, probes: bool = False) -> TimeUnrolled:
     """The eval-mode CPU float32 network with BatchNorm folded, ready to trace."""
-    net = net.to("cpu", torch.float32).eval()
-    return TimeUnrolled(fold_batchnorm(net.body), T, kind, probes).eval()
+    return TimeUnrolled(folded_body(net), T, kind, probes).eval()
+
+
+def one_step(net: SpikingNet, probes: bool = False) -> OneStep:
+    """The streaming graph's module: the same folded network, one step per call."""
+    return OneStep(folded_body(net), probes).eval()
+
+
+def folded_body(net: SpikingNet) -> nn.Module:
+    return fold_batchnorm(net.to("cpu", torch.float32).eval().body)
 

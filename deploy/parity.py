@@ -142,6 +142,7 @@ class Verdict:
     """Counts over every compared spike; ``passed`` when nothing is unexplained."""
 
     spikes_compared: int = 0
+    differing_spikes: int = 0  # explained or not
     rounding_flips: int = 0
     cascade_flips: int = 0
     unexplained: int = 0
@@ -156,9 +157,15 @@ class Verdict:
     def explained(self) -> int:
         return self.rounding_flips + self.cascade_flips
 
+    @property
+    def identical(self) -> float:
+        """The fraction of (neuron, step, sample) spikes that are the same on both sides."""
+        return 1 - self.differing_spikes / self.spikes_compared if self.spikes_compared else 1.0
+
     def merge(self, other: "Verdict") -> "Verdict":
-        return Verdict(self.spikes_compared + other.spikes_compared, self.rounding_flips + other.rounding_flips,
-                       self.cascade_flips + other.cascade_flips, self.unexplained + other.unexplained,
+        return Verdict(self.spikes_compared + other.spikes_compared, self.differing_spikes + other.differing_spikes,
+                       self.rounding_flips + other.rounding_flips, self.cascade_flips + other.cascade_flips,
+                       self.unexplained + other.unexplained,
                        earlier(self.first_explained, other.first_explained),
                        earlier(self.first_unexplained, other.first_unexplained))
 
@@ -189,6 +196,7 @@ class Observed:
     spike_counts: torch.Tensor  # [B, L]
     membranes: dict[str, torch.Tensor]
     spikes: dict[str, torch.Tensor]
+    step_logits: Optional[torch.Tensor] = None  # [T, B, classes]: a streaming graph's logits at each step
 
 
 @dataclass
@@ -258,6 +266,7 @@ class BoundInterpreter(fx.Interpreter):
         du = (u.value - u_seen).abs()
         self.verdict.unexplained_at("membrane", name, t, order, ~(du <= bound), du, bound)
         flip = s != s_seen
+        self.verdict.differing_spikes += int(flip.sum())
         margin = (u.value - v_threshold).abs()
         near = margin <= bound
         self.verdict.unexplained_at("spike", name, t, order, flip & ~near, margin, bound)

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from typer.testing import CliRunner
 
 from snnkit.checkpoint import atomic_save, make_checkpoint
+from snnkit.cli.main import app
 from snnkit.models import ModelSpec, build_model
 from snnkit.spiking import SpikingNet
 
@@ -82,3 +84,8 @@ def write_run(root: Path, name: str, ckpt: dict) -> Path:
         latest.unlink()
     os.symlink(name, latest)
     return run
+
+
+def invoke(*args: str):
+    """Run the ``snnkit`` CLI in-process."""
+    return CliRunner().invoke(app, list(args))

@@ -153,16 +153,20 @@ def test_lif_inputs_are_the_currents_of_every_layer():
     assert [tuple(c.shape[:2]) for _, c in currents] == [(2, 4)] * 3
 
 
-def test_onnx_latency_times_a_trained_run_per_step_and_per_sequence(tmp_path):
+def test_onnx_latency_times_a_trained_run_per_step_and_per_sequence_in_every_onnx_form(tmp_path):
     _, ckpt = model_and_checkpoint("digits_convnet")
     run = write_run(tmp_path, "tiny", ckpt)
     out = tmp_path / "latency.json"
     onnx_latency.main(["--checkpoint", str(run), "--repeats", "1", "--batches", "3", "--out", str(out)])
     [row] = json.loads(out.read_text())["results"]
     assert (row["model"], row["T"], row["batch"], row["checkpoint"]) == ("digits_convnet", ckpt["T"], 3, str(run))
-    times = [row[f"{side}_{span}_ms"] for side in ("torch", "onnx") for span in ("step", "sequence")]
-    assert all(t > 0 for t in times)
+    timed = ("torch_step", "torch_sequence", "onnx_step", "onnx_sequence", "int8_sequence", "streaming_step",
+             "streaming_sequence")
+    assert all(row[f"{label}_ms"] > 0 for label in timed)
     assert row["onnx_sequence_over_T_steps"] == pytest.approx(row["onnx_sequence_ms"] / (4 * row["onnx_step_ms"]))
+    assert row["int8_speedup"] == pytest.approx(row["onnx_sequence_ms"] / row["int8_sequence_ms"])
+    assert row["streaming_over_sequence"] == pytest.approx(row["streaming_sequence_ms"] / row["onnx_sequence_ms"])
+    assert 0 < row["int8_size_ratio"] < 1
 
 
 def test_one_step_graph_is_the_first_step_of_the_network(tmp_path):

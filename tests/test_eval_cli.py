@@ -11,13 +11,9 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from deploy_helpers import model_and_checkpoint, write_run
-from snnkit.cli.main import app
+from deploy_helpers import invoke
 from snnkit.data import DataBundle, register_dataset
-
-runner = CliRunner()
 
 
 @register_dataset("rgb8_for_tests")
@@ -25,18 +21,6 @@ def rgb8(root=None) -> DataBundle:
     """Digits-sized but three channels: a dataset that does not fit a digits model."""
     data = torch.utils.data.TensorDataset(torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long))
     return DataBundle(data, data, (3, 8, 8), [str(i) for i in range(10)])
-
-
-def invoke(*args: str):
-    return runner.invoke(app, list(args))
-
-
-@pytest.fixture
-def run(tmp_path, monkeypatch) -> Path:
-    """A digits_convnet run at tmp_path/runs/tiny (and runs/latest), with cwd = tmp_path."""
-    monkeypatch.chdir(tmp_path)
-    _, ckpt = model_and_checkpoint("digits_convnet", width=0.25)
-    return write_run(tmp_path, "tiny", ckpt)
 
 
 @pytest.fixture
@@ -57,7 +41,7 @@ def test_export_then_eval_onnx_reports_parity_and_writes_the_report(run):
     assert "wrote runs/latest/model.onnx: " in result.output and "T = 4, L = 3 spiking layers, opset 18" in result.output
     result = invoke("eval", "--onnx", "runs/latest/model.onnx", "--report-dir", "report")
     assert result.exit_code == 0, result.output
-    assert "ONNX parity at T = 4: PASS" in result.output and "ONNX (CPUExecutionProvider)" in result.output
+    assert "ONNX parity at T = 4: PASS" in result.output and "ONNX unrolled graph (CPUExecutionProvider)" in result.output
     report = json.loads(Path("report/efficiency.json").read_text())
     parity = report["parity"]
     assert parity["passed"] and parity["verdict"]["unexplained"] == 0 and parity["T"] == 4

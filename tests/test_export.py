@@ -101,7 +101,7 @@ def test_folded_conv_equals_conv_then_batchnorm_for_real_valued_statistics():
 def test_metadata_describes_the_model(exported):
     net, ckpt, result = exported
     meta = load_onnx(result.path).meta
-    assert meta["T"] == T and meta["opset"] == 18 and meta["input_kind"] == "static"
+    assert meta["T"] == T and meta["opset"] == 18 and meta["input_kind"] == "static" and meta["format"] == "unrolled"
     assert meta["layer_names"] == net.layer_names() == ["0.2", "1.2", "3.2"]
     assert meta["input_shape"] == [1, 8, 8] and meta["class_names"] == ckpt["data"]["class_names"]
     assert meta["neuron"] == ckpt["model"]["neuron"] and meta["dataset"] == "digits"
@@ -138,6 +138,7 @@ def test_deploy_never_imports_training_code(tmp_path):
     code = (
         "import sys, json\n"
         "import snnkit.deploy.export, snnkit.deploy.evaluate, snnkit.deploy.report, snnkit.cli.export, snnkit.cli.eval\n"
+        "import snnkit.deploy.quantize, snnkit.deploy.nir_export\n"
         f"snnkit.deploy.export.export_checkpoint({str(tmp_path)!r})\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.startswith("
         "('snnkit.methods', 'snnkit.training', 'snnkit.config')))))\n")

@@ -1,5 +1,6 @@
 """Parity that explains every differing spike: it passes every registered model at every T, input
-kind and onnxruntime optimisation level, and fails a graph whose weights, steps or decay differ."""
+kind and onnxruntime optimisation level, as an unrolled graph and as a streaming graph driven for T
+calls, and fails a graph whose weights, steps or decay differ."""
 from __future__ import annotations
 
 import copy
@@ -30,19 +31,24 @@ BATCH = 3
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory):
-    """Exported files, shared across tests: a file is stateless, so each (model, T, kind) is exported
-    once. Returns ``get(name, T, kind) -> (net, path)``; the net is only read."""
-    cache: dict[tuple, tuple[SpikingNet, Path]] = {}
+    """Exported files, shared across tests: a file is stateless, so each (model, T, kind) is built
+    once and exported once per form. Returns ``get(name, T, kind, form) -> (net, path)``; the net is
+    only read."""
+    runs: dict[tuple, tuple[SpikingNet, Path]] = {}
+    files: dict[tuple, Path] = {}
 
-    def get(name: str, T: int, kind: str) -> tuple[SpikingNet, Path]:
-        if (name, T, kind) not in cache:
+    def get(name: str, T: int, kind: str, form: str = "unrolled") -> tuple[SpikingNet, Path]:
+        if (name, T, kind) not in runs:
             torch.manual_seed(0)
             net, ckpt = model_and_checkpoint(name, exact=False, kind=kind)
             ckpt["T"] = T
             run = tmp_path_factory.mktemp(f"{name}-{T}-{kind}")
             atomic_save(ckpt, run / "checkpoint.pt")
-            cache[name, T, kind] = net, export_checkpoint(run).path
-        return cache[name, T, kind]
+            runs[name, T, kind] = net, run
+        net, run = runs[name, T, kind]
+        if (name, T, kind, form) not in files:
+            files[name, T, kind, form] = export_checkpoint(run, form=form).path
+        return net, files[name, T, kind, form]
 
     return get
 
@@ -54,7 +60,7 @@ def inputs(name: str, T: int, kind: str, seed: int = 1) -> torch.Tensor:
 
 
 def judge(net: SpikingNet, path: Path, T: int, kind: str, x: torch.Tensor, level: str = "all"):
-    """(twin predictions, graph predictions, verdict) of the graph at ``path`` on ``x``."""
+    """The graph at ``path`` checked on ``x`` against its twin."""
     options = ort.SessionOptions()
     options.graph_optimization_level = LEVELS[level]
     model = load_onnx(path, ["CPUExecutionProvider"], options)
@@ -70,11 +76,24 @@ def judge(net: SpikingNet, path: Path, T: int, kind: str, x: torch.Tensor, level
 @pytest.mark.parametrize("name", MODELS.names())
 def test_every_model_passes_parity_at_every_T_input_kind_and_optimisation_level(exports, name, T, kind, level):
     net, path = exports(name, T, kind)
-    twin, graph, verdict = judge(net, path, T, kind, inputs(name, T, kind), level)
+    checked = judge(net, path, T, kind, inputs(name, T, kind), level)
+    twin, graph, verdict = checked.twin, checked.graph, checked.verdict
     assert verdict.passed, verdict.first_unexplained.describe()
     assert verdict.spikes_compared == BATCH * T * sum(topology(net, SHAPES.get(name, DEFAULT_SHAPE)).neurons)
     assert (graph.spike_counts.sum(0) > 0).all(), "every layer should fire, or the check is empty"
     np.testing.assert_array_equal(twin.logits.argmax(1), graph.logits.argmax(1))
+
+
+@pytest.mark.parametrize("kind", ["static", pytest.param("event", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_model_passes_parity_as_a_streaming_graph_driven_T_calls(exports, name, kind):
+    net, path = exports(name, 4, kind, "streaming")
+    checked = judge(net, path, 4, kind, inputs(name, 4, kind))
+    assert checked.verdict.passed, checked.verdict.first_unexplained.describe()
+    assert checked.verdict.spikes_compared == BATCH * 4 * sum(topology(net, SHAPES.get(name, DEFAULT_SHAPE)).neurons)
+    assert checked.graph.step_logits.shape == (4, BATCH, 10)
+    np.testing.assert_allclose(checked.graph.step_logits.mean(0), checked.graph.logits)
+    np.testing.assert_array_equal(checked.twin.logits.argmax(1), checked.graph.logits.argmax(1))
 
 
 def edited(path: Path, out: Path, edit) -> Path:
@@ -109,12 +128,13 @@ TAMPERS = {"first conv ×1.01": scaled("first conv", 1.01), "middle conv ×1.01"
            "classifier ×1.01": scaled("classifier", 1.01), "one NaN weight": one_nan}
 
 
+@pytest.mark.parametrize("form", ["unrolled", "streaming"])
 @pytest.mark.parametrize("tamper", TAMPERS)
 @pytest.mark.parametrize("name", MODELS.names())
-def test_a_graph_with_altered_weights_fails(exports, tmp_path, name, tamper):
-    net, path = exports(name, 4, "static")
+def test_a_graph_with_altered_weights_fails(exports, tmp_path, name, tamper, form):
+    net, path = exports(name, 4, "static", form)
     bad = edited(path, tmp_path / "bad.onnx", TAMPERS[tamper])
-    _, _, verdict = judge(net, bad, 4, "static", inputs(name, 4, "static"))
+    verdict = judge(net, bad, 4, "static", inputs(name, 4, "static")).verdict
     assert not verdict.passed
     expected = {"classifier ×1.01": "logits", "one NaN weight": "weights"}.get(tamper, "membrane")
     assert verdict.first_unexplained.what == expected
@@ -122,15 +142,16 @@ def test_a_graph_with_altered_weights_fails(exports, tmp_path, name, tamper):
 
 @pytest.mark.parametrize("name", MODELS.names())
 def test_a_graph_with_another_decay_or_fewer_steps_fails(exports, name):
-    net, path = exports(name, 4, "static")
+    net, _ = exports(name, 4, "static")
     slower = copy.deepcopy(net)
     for lif in spiking_layers(slower.body):
         lif.neuron = replace(lif.neuron, decay=0.5)
     x = inputs(name, 4, "static")
-    _, _, verdict = judge(slower, path, 4, "static", x)
-    assert not verdict.passed and verdict.first_unexplained.step == 1  # step 0 does not see the decay
+    for form in ("unrolled", "streaming"):
+        verdict = judge(slower, exports(name, 4, "static", form)[1], 4, "static", x).verdict
+        assert not verdict.passed and verdict.first_unexplained.step == 1  # step 0 does not see the decay
     _, short = exports(name, 1, "static")
-    _, _, verdict = judge(net, short, 4, "static", x)
+    verdict = judge(net, short, 4, "static", x).verdict
     assert not verdict.passed
     assert verdict.first_unexplained.describe() == f"the graph runs 1 steps in {net.layer_names()[0]} but claims T = 4"
 
@@ -199,25 +220,15 @@ def test_rounding_bounds_by_hand():
     assert y.cascade[0, 0].tolist() == [[1, 1, 0], [1, 1, 0], [0, 0, 0]]  # the flip reaches its neighbours
 
 
-@pytest.fixture(scope="module")
-def trained_digits(tmp_path_factory) -> Path:
-    """The digits recipe trained for 2 epochs and exported: a real model's weights and statistics."""
-    from snnkit.config import resolve_config
-    from snnkit.training import train
-
-    out = tmp_path_factory.mktemp("trained")
-    run = train(resolve_config(None, ["optim.epochs=2", f"run.out_dir={out}", "run.name=digits"])).run_dir
-    export_checkpoint(run)
-    return run
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("level", LEVELS)
-def test_the_trained_digits_model_passes_parity(trained_digits, level):
+@pytest.mark.parametrize("form", ["unrolled", "streaming"])
+def test_the_trained_digits_model_passes_parity(trained_digits, tmp_path, form, level):
+    run = trained_digits()
     options = ort.SessionOptions()
     options.graph_optimization_level = LEVELS[level]
-    model = load_onnx(trained_digits / "model.onnx", ["CPUExecutionProvider"], options)
-    result = evaluate(model=model)
+    model = load_onnx(export_checkpoint(run, tmp_path / "m.onnx", form=form).path, ["CPUExecutionProvider"], options)
+    result = evaluate(run, model=model)
     assert result.parity.passed, result.parity.verdict.first_unexplained.describe()
     assert result.parity.verdict.spikes_compared == 360 * 4 * (32 * 64 + 64 * 64 + 128 * 16)
     assert result.accuracy > 0.8 and result.parity.outputs.prediction_agreement > 0.99

@@ -1,0 +1,109 @@
+"""The int8 graph: spike inputs quantized exactly (scale 1/k, zero point 0, found in the graph
+itself), per-channel int8 weights, a small file, and a spike-valued tensor search that is right
+on every registered model."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+from deploy_helpers import exact_input, model_and_checkpoint
+from snnkit.checkpoint import atomic_save
+from snnkit.data import DATASETS, DataBundle, register_dataset
+from snnkit.deploy.costs import ANALOG
+from snnkit.deploy.evaluate import evaluate
+from snnkit.deploy.export import Source, export_checkpoint, unrolled_graph
+from snnkit.deploy.quantize import Calibration, exact_overrides, spike_grids
+from snnkit.deploy.runtime import FORM_KEYS, META_KEYS, load_onnx
+from snnkit.errors import DataError
+from snnkit.models import MODELS
+
+
+def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def test_spike_inputs_are_quantized_exactly_and_weights_per_channel(tmp_path):
+    _, ckpt = model_and_checkpoint("digits_convnet", width=1.0)
+    atomic_save(ckpt, tmp_path / "checkpoint.pt")
+    result = export_checkpoint(tmp_path, form="int8")
+    model, meta = onnx.load(result.path), load_onnx(result.path).meta
+    init, producer = initializers(model), {o: n for n in model.graph.node for o in n.output}
+    assert meta["format"] == "int8" and meta["quantization"]["calibration_samples"] == 256
+    assert {p.key for p in model.metadata_props} == {*META_KEYS, *FORM_KEYS["int8"]}
+    conv_inputs = {}  # the quantized value feeding each Conv/Gemm: (scale, zero point)
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm"):
+            dq = producer[node.input[0]]
+            assert dq.op_type == "DequantizeLinear"
+            conv_inputs[node.input[1]] = (float(init[dq.input[1]]), int(init[dq.input[2]]))
+            weight_dq = producer[node.input[1]]
+            w, scales = init[weight_dq.input[0]], init[weight_dq.input[1]]
+            assert w.dtype == np.int8 and scales.shape == (w.shape[0],)  # one scale per output channel
+    # digits_convnet: conv 0.0 sees the image (rounded), conv 1.0 the spikes of 0.2 (exact, scale 1),
+    # conv 3.0 and the classifier spikes averaged over 2×2 windows (exact, scale 1/4)
+    scales = [conv_inputs[k] for k in sorted(conv_inputs)]
+    assert scales[1:] == [(1.0, 0), (0.25, 0), (0.25, 0)] and scales[0][0] not in (1.0, 0.25)
+    assert result.size_bytes <= 0.35 * meta["quantization"]["float32_bytes"]
+    logits, counts = load_onnx(result.path).run(exact_input(5, (1, 8, 8)).numpy())
+    assert np.isfinite(logits).all() and counts.shape == (5, 3)
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_tensors_found_to_hold_spikes_lie_on_their_grid(tmp_path, name):
+    """Run the simplified float32 graph with every tensor the search calls spike-valued as an extra
+    output: each must be an integer multiple of its step in [0, top·step]. And every conv/linear
+    layer fed by spikes (as the PyTorch model's topology says) gets an exact override."""
+    _, ckpt = model_and_checkpoint(name)
+    atomic_save(ckpt, tmp_path / "checkpoint.pt")
+    src = Source.load(tmp_path)
+    model = unrolled_graph(src, 18)[0]
+    grids = spike_grids(model)
+    assert grids, "a spiking network has spike tensors"
+    model.graph.output.extend([onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in grids])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    values = sess.run(list(grids), {"input": exact_input(2, src.input_shape).numpy()})
+    for (tensor, grid), v in zip(grids.items(), values):
+        units = v / grid.step
+        np.testing.assert_allclose(units, np.round(units), atol=1e-4, err_msg=tensor)
+        assert units.min() >= 0 and units.max() <= grid.top + 1e-4, tensor
+    spike_fed = [s for s in src.topo.synaptic if s.fed_by != ANALOG]
+    exact = exact_overrides(model)  # keyed by tensor: a tensor may feed two convs (residual and shortcut)
+    assert sum(n.input[0] in exact for n in model.graph.node if n.op_type in ("Conv", "Gemm")) >= len(spike_fed)
+
+
+def test_calibration_reads_the_training_split_checked_against_the_model(tmp_path):
+    _, ckpt = model_and_checkpoint("digits_convnet")
+    atomic_save(ckpt, tmp_path / "checkpoint.pt")
+    src = Source.load(tmp_path)
+    batches = list(iter(Calibration(src, None, samples=40).get_next, None))
+    assert [b["input"].shape for b in batches] == [(32, 1, 8, 8), (8, 1, 8, 8)]
+    again = list(iter(Calibration(src, None, samples=40).get_next, None))
+    np.testing.assert_array_equal(again[0]["input"], batches[0]["input"])  # a fixed, seeded sample
+    other = {**ckpt, "data": {**ckpt["data"], "input_shape": [3, 8, 8]}}
+    with pytest.raises(DataError, match="expects \\(3, 8, 8\\) with 10; point --data-root at the data it was trained on"):
+        Calibration(replace(src, ckpt=other), None)
+
+
+def events(root=None) -> DataBundle:
+    """Digits-shaped event frames, 4 per sample (the test checkpoints' T)."""
+    g = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset((torch.rand(40, 4, 1, 8, 8, generator=g) < 0.3).float(),
+                                          torch.randint(0, 10, (40,), generator=g))
+    return DataBundle(data, data, (1, 8, 8), [str(i) for i in range(10)], kind="event")
+
+
+def test_event_input_is_calibrated_and_judged_frame_by_frame(tmp_path):
+    if "events_for_int8_tests" not in DATASETS:  # registered here, so that test_datasets never sees it
+        register_dataset("events_for_int8_tests")(events)
+    _, ckpt = model_and_checkpoint("digits_convnet", dataset="events_for_int8_tests", kind="event")
+    atomic_save(ckpt, tmp_path / "checkpoint.pt")
+    batches = Calibration(Source.load(tmp_path), None).inputs  # the 40 samples, time-major
+    assert [b.shape for b in batches] == [(4, 32, 1, 8, 8), (4, 8, 1, 8, 8)]
+    result = evaluate(onnx=export_checkpoint(tmp_path, form="int8").path)
+    assert result.form == "int8" and result.parity.max_accuracy_drop == 0.005
+    assert result.parity.verdict.spikes_compared == 40 * 4 * (4 * 64 + 8 * 64 + 16 * 16)
