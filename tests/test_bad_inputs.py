@@ -264,6 +264,30 @@ def test_a_run_in_progress_is_refused_by_train_resume_and_export(runs):
     assert snapshot(runs) == before
 
 
+def test_a_run_claimed_a_moment_ago_is_refused_as_in_progress_not_as_foreign(runs):
+    """The instant after a process claims a name it holds the lock and a config still being written."""
+    claimed = runs / "claimed"
+    claimed.mkdir()
+    holder = os.open(claimed / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    (claimed / ".config.yaml.1a2b3c4d.tmp").write_text("half a config")
+    before = snapshot(runs)
+    try:
+        one_line_error(train(runs, "--name", "claimed"), 2, f"{claimed} is being trained by another process")
+    finally:
+        os.close(holder)
+    assert snapshot(runs) == before
+
+
+def test_a_run_killed_while_writing_its_config_is_replaced_by_a_new_run_of_its_name(runs):
+    killed = runs / "killed"
+    killed.mkdir()
+    (killed / ".lock").touch()
+    (killed / ".config.yaml.1a2b3c4d.tmp").write_text("half a config")
+    assert train(runs, "--epochs", "1", "--name", "killed").exit_code == 0
+    assert load_checkpoint(killed)["train_state"]["epoch"] == 1 and not temporaries(runs)
+
+
 def test_a_folder_of_other_files_is_not_taken_for_a_run(runs):
     (runs / "notes").mkdir()
     (runs / "notes" / "todo.txt").write_text("keep me")

@@ -108,9 +108,11 @@ def lock(path: Path) -> Optional[int]:
 
 
 def is_dead(path: Path) -> bool:
-    """A run folder with no checkpoint (only a config, metrics, partial files), or an empty one."""
-    names = {p.name for p in path.iterdir()} - {LOCK_NAME}
-    return CHECKPOINT_NAME not in names and (not names or CONFIG_NAME in names)
+    """A run folder with no checkpoint, or an empty one. A folder is a run folder when it holds the
+    ``.lock`` that claiming it made (a run claimed a moment ago may hold only that and a config being
+    written) or a ``config.yaml`` (a run made before locks, or whose lock was removed)."""
+    names = {p.name for p in path.iterdir()}
+    return CHECKPOINT_NAME not in names and (not names or bool(names & {LOCK_NAME, CONFIG_NAME}))
 
 
 def make_out_dir(out_dir: Path) -> None:
