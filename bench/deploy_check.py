@@ -7,7 +7,9 @@ For each model (random weights with non-trivial BatchNorm statistics, as the tes
 ``tests/deploy_helpers.make_realistic``; CIFAR-shaped 3×32×32 input, digits 1×8×8, vggsnn 2×48×48)
 and exporter: the export time, the node count of the raw export and after onnxslim, and the
 parity verdict of the simplified graph in onnxruntime (ORT_ENABLE_ALL and ORT_DISABLE_ALL) on
-``--samples`` random inputs: explained (rounding, cascade) and unexplained differences. The dynamo
+``--samples`` random inputs: explained (rounding, cascade) and unexplained differences, and the SNN/ANN
+energy (fp32, 45 nm) of the graph's own spikes under snnkit's counting rules, as the graph runs (its
+``computed_once`` layers once per sample) and with every analog layer at every step. The dynamo
 exporter needs ``pip install onnxscript``. Writes JSON and prints a table.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ from rich.console import Console
 from rich.table import Table
 
 from snnkit.deploy.costs import topology
+from snnkit.deploy.efficiency import efficiency_report
 from snnkit.deploy.evaluate import check_graph
 from snnkit.deploy.export import simplified, trace
 from snnkit.deploy.graph import deployable
@@ -46,6 +49,7 @@ def check_model(name: str, T: int, width: float, samples: int, exporters: list[s
     net = make_realistic(build_model(ModelSpec(name, 10, shape[0], width=width)))
     graph = deployable(net, T, "static", probes=True)
     x = torch.randn(samples, *shape, generator=torch.Generator().manual_seed(1))
+    topo = topology(net, shape)
     rows = []
     for exporter in exporters:
         start = time.perf_counter()
@@ -64,13 +68,18 @@ def check_model(name: str, T: int, width: float, samples: int, exporters: list[s
             options.graph_optimization_level = opt
             runtime = load_onnx(path, ["CPUExecutionProvider"], options)
             checked = check_graph(runtime, graph, [(x, torch.zeros(samples, dtype=torch.long))],
-                                  sum(topology(net, shape).neurons))
+                                  sum(topo.neurons), topo)
             twin, got, verdict = checked.twin, checked.graph, checked.verdict
             row[level] = {"passed": verdict.passed, "rounding_flips": verdict.rounding_flips,
                           "cascade_flips": verdict.cascade_flips, "unexplained": verdict.unexplained,
                           "first_explained": None if verdict.first_explained is None
                           else f"{verdict.first_explained.layer}@{verdict.first_explained.step}",
                           "prediction_agreement": float((twin.logits.argmax(1) == got.logits.argmax(1)).mean())}
+            if level == "all":
+                row["computed_once"] = list(graph.computed_once)
+                row["snn_over_ann"], row["snn_over_ann_every_step"] = (
+                    efficiency_report(topo, checked.tally, once)["energy"]["fp32"]["snn_over_ann"]
+                    for once in (graph.computed_once, ()))
         rows.append(row)
     return rows
 
@@ -90,14 +99,15 @@ def main() -> None:
     env = {"torch": torch.__version__, "onnxruntime": ort.__version__, "threads": torch.get_num_threads()}
     atomic_write(args.out, json.dumps({"env": env, "results": rows}, indent=2).encode())
     table = Table(title=f"export and parity, T = {args.T}, width {args.width}, {args.samples} samples; "
-                        "parity: explained (rounding + cascade) / unexplained differences")
-    for col in ("model", "exporter", "export s", "nodes raw", "nodes", "ORT all", "ORT none"):
+                        "parity: explained (rounding + cascade) / unexplained differences; SNN/ANN fp32 energy as the "
+                        "graph runs (every analog layer at every step)")
+    for col in ("model", "exporter", "export s", "nodes raw", "nodes", "ORT all", "ORT none", "SNN/ANN energy"):
         table.add_column(col, justify="left" if col in ("model", "exporter") else "right")
     for r in rows:
         verdicts = [f"{'PASS' if v['passed'] else 'FAIL'} {v['rounding_flips']}+{v['cascade_flips']} / "
                     f"{v['unexplained']}" for v in (r["all"], r["none"])]
         table.add_row(r["model"], r["exporter"], f"{r['export_s'] + r['simplify_s']:.1f}", str(r["nodes_raw"]),
-                      str(r["nodes"]), *verdicts)
+                      str(r["nodes"]), *verdicts, f"{r['snn_over_ann']:.3f} ({r['snn_over_ann_every_step']:.3f})")
     console = Console()
     console.print(table)
     console.print(f"wrote {args.out}")
