@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -248,34 +249,35 @@ def test_a_name_that_holds_a_run_is_refused_and_the_run_is_untouched(runs):
     assert snapshot(runs) == before
 
 
-def test_a_run_in_progress_is_refused_by_train_resume_and_export(runs):
-    live = runs / "live"
-    live.mkdir()
-    (live / "config.yaml").write_text(dump_yaml(resolve_config(None, ["model.width=0.125"])))
-    holder = os.open(live / ".lock", os.O_RDWR | os.O_CREAT)
-    fcntl.flock(holder, fcntl.LOCK_EX)  # as the process training it holds it
-    before = snapshot(runs)
+@contextmanager
+def held(run: Path):
+    """``run`` claimed and locked, as by the process training it."""
+    run.mkdir()
+    holder = os.open(run / ".lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
     try:
+        yield run
+    finally:
+        os.close(holder)
+
+
+def test_a_run_in_progress_is_refused_by_train_resume_and_export(runs):
+    with held(runs / "live") as live:
+        (live / "config.yaml").write_text(dump_yaml(resolve_config(None, ["model.width=0.125"])))
+        before = snapshot(runs)
         one_line_error(train(runs, "--name", "live"), 2, f"{live} is being trained by another process")
         one_line_error(cli("train", "--resume", live), 2, f"{live} is being trained by another process")
         one_line_error(cli("export", live), 2, f"{live} has no checkpoint yet")
-    finally:
-        os.close(holder)
     assert snapshot(runs) == before
 
 
 def test_a_run_claimed_a_moment_ago_is_refused_as_in_progress_not_as_foreign(runs):
     """The instant after a process claims a name it holds the lock and a config still being written."""
-    claimed = runs / "claimed"
-    claimed.mkdir()
-    holder = os.open(claimed / ".lock", os.O_RDWR | os.O_CREAT)
-    fcntl.flock(holder, fcntl.LOCK_EX)
-    (claimed / ".config.yaml.1a2b3c4d.tmp").write_text("half a config")
-    before = snapshot(runs)
-    try:
+    with held(runs / "claimed") as claimed:
+        (claimed / ".config.yaml.1a2b3c4d.tmp").write_text("half a config")
+        before = snapshot(runs)
         one_line_error(train(runs, "--name", "claimed"), 2, f"{claimed} is being trained by another process")
-    finally:
-        os.close(holder)
+        one_line_error(cli("export", claimed), 2, f"{claimed} has no checkpoint yet")
     assert snapshot(runs) == before
 
 

@@ -20,6 +20,8 @@ from .spiking import SpikingNet
 FORMAT = "snnkit.checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
+CONFIG_NAME = "config.yaml"
+LOCK_NAME = ".lock"  # made when a run directory is claimed; with the config, what marks a folder as a run
 FIELDS = {"model": dict, "T": int, "data": dict, "config": dict, "state_dict": dict, "train_state": dict}
 DATA_FIELDS = ("name", "kind", "input_shape", "class_names", "normalization")
 
@@ -44,7 +46,7 @@ def resolve_checkpoint_path(path: str | Path) -> Path:
     p = Path(path)
     if p.is_dir():
         p = p / CHECKPOINT_NAME
-        if not p.is_file() and (p.parent / "config.yaml").is_file():
+        if not p.is_file() and ((p.parent / LOCK_NAME).exists() or (p.parent / CONFIG_NAME).is_file()):
             raise CheckpointError(f"{path} has no checkpoint yet: its run has not finished its first epoch "
                                   f"(if it was stopped, `snnkit train --resume {path}` starts it again)")
     if not p.is_file():

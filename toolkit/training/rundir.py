@@ -24,13 +24,11 @@ from itertools import count
 from pathlib import Path
 from typing import Optional
 
-from ..checkpoint import CHECKPOINT_NAME
+from ..checkpoint import CHECKPOINT_NAME, CONFIG_NAME, LOCK_NAME
 from ..errors import ConfigError, SnnkitError, WriteError
 
 log = logging.getLogger("snnkit.train")
 
-LOCK_NAME = ".lock"
-CONFIG_NAME = "config.yaml"
 LATEST = "latest"
 
 
