@@ -62,6 +62,12 @@ def folding_line(f: Agreement) -> str:
             f"{f.accuracy_b:.2%}")
 
 
+def runs(row: dict) -> str:
+    """How often the graph computes an analog-fed layer per sample: "1 run", "4 runs"."""
+    n = row["runs_per_sample"]
+    return f"{n} run" if n == 1 else f"{n} runs"
+
+
 def sources_text(row: dict) -> str:
     """"spikes of lif1", "spike counts of lif3+lif5", "spike counts of lif20 +5 more", or "analog"."""
     names = [label.split(" ")[0] for label in row["sources"]]
@@ -87,7 +93,7 @@ def efficiency_table(report: dict) -> Group:
     for r in report["synaptic_layers"]:
         analog = r["fed_by"] == "analog"
         synaptic.add_row(r["label"], sources_text(r), "" if analog else f"{r['acs_per_sample']:,.0f}",
-                         f"{r['macs_per_sample']:,.0f} ({r['runs_per_sample']} runs)" if analog else "",
+                         f"{r['macs_per_sample']:,.0f} ({runs(r)})" if analog else "",
                          f"{r['ann_macs']:,}")
     synaptic.add_section()
     synaptic.add_row("total", "", f"{report['acs_per_sample']:,.0f}", f"{report['macs_per_sample']:,.0f}",
@@ -141,7 +147,7 @@ def chart(report: dict, preset: str = "fp32") -> Figure:
     ac_ax.xaxis.set_major_formatter(EngFormatter())
     for i, r in enumerate(synaptic):
         if analog[i]:
-            ac_ax.text(0.01, i, f"analog input: {r['macs_per_sample']:,.0f} MACs ({r['runs_per_sample']} runs)",
+            ac_ax.text(0.01, i, f"analog input: {r['macs_per_sample']:,.0f} MACs ({runs(r)})",
                        transform=ac_ax.get_yaxis_transform(), va="center", fontsize=7, color="dimgray")
 
     snn = [r["energy_pj"][preset] for r in synaptic]
