@@ -21,7 +21,7 @@ FORMAT = "snnkit.checkpoint"
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.yaml"
-LOCK_NAME = ".lock"  # made when a run directory is claimed; with the config, what marks a folder as a run
+LOCK_NAME = ".lock"  # made when a run directory is claimed
 FIELDS = {"model": dict, "T": int, "data": dict, "config": dict, "state_dict": dict, "train_state": dict}
 DATA_FIELDS = ("name", "kind", "input_shape", "class_names", "normalization")
 
@@ -41,12 +41,18 @@ def atomic_save(obj: Any, path: Path) -> None:
     atomic_write_with(path, lambda f: torch.save(obj, f))
 
 
+def is_run_folder(path: Path) -> bool:
+    """A folder snnkit claimed for a run: it holds the lock that claiming it made (a run claimed a
+    moment ago may hold only that and a config being written) or a config (a run whose lock is gone)."""
+    return (path / LOCK_NAME).exists() or (path / CONFIG_NAME).is_file()
+
+
 def resolve_checkpoint_path(path: str | Path) -> Path:
     """A checkpoint file, or a run directory holding one."""
     p = Path(path)
     if p.is_dir():
         p = p / CHECKPOINT_NAME
-        if not p.is_file() and ((p.parent / LOCK_NAME).exists() or (p.parent / CONFIG_NAME).is_file()):
+        if not p.is_file() and is_run_folder(p.parent):
             raise CheckpointError(f"{path} has no checkpoint yet: its run has not finished its first epoch "
                                   f"(if it was stopped, `snnkit train --resume {path}` starts it again)")
     if not p.is_file():

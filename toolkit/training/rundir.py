@@ -24,7 +24,7 @@ from itertools import count
 from pathlib import Path
 from typing import Optional
 
-from ..checkpoint import CHECKPOINT_NAME, CONFIG_NAME, LOCK_NAME
+from ..checkpoint import CHECKPOINT_NAME, LOCK_NAME, is_run_folder
 from ..errors import ConfigError, SnnkitError, WriteError
 
 log = logging.getLogger("snnkit.train")
@@ -106,11 +106,9 @@ def lock(path: Path) -> Optional[int]:
 
 
 def is_dead(path: Path) -> bool:
-    """A run folder with no checkpoint, or an empty one. A folder is a run folder when it holds the
-    ``.lock`` that claiming it made (a run claimed a moment ago may hold only that and a config being
-    written) or a ``config.yaml`` (a run made before locks, or whose lock was removed)."""
+    """A run folder with no checkpoint, or an empty folder."""
     names = {p.name for p in path.iterdir()}
-    return CHECKPOINT_NAME not in names and (not names or bool(names & {LOCK_NAME, CONFIG_NAME}))
+    return CHECKPOINT_NAME not in names and (not names or is_run_folder(path))
 
 
 def make_out_dir(out_dir: Path) -> None:

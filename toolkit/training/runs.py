@@ -12,14 +12,14 @@ from typing import Iterator, Optional
 import torch
 import yaml
 
-from ..checkpoint import CHECKPOINT_NAME, load_checkpoint
+from ..checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint
 from ..config import Config, config_from_dict, dump_yaml
 from ..data import DataBundle
 from ..errors import CheckpointError, ConfigError, DivergedError, SnnkitError
 from ..files import atomic_write_text
 from .distributed import process_group
 from .progress import EpochProgress
-from .rundir import CONFIG_NAME, RunDir, claim, reopen
+from .rundir import RunDir, claim, reopen
 from .trainer import RunResult, Trainer
 
 log = logging.getLogger("snnkit.train")
