@@ -8,7 +8,7 @@ forms (:func:`export_checkpoint`'s ``form``):
 
 The exporter is named explicitly: torch's TorchScript exporter (``dynamo=False``), then onnxslim,
 which removes the shape plumbing (constant folding, shape arithmetic, dead nodes). The dynamo
-exporter (which needs ``onnxscript``) ends at the same graph but took 5-17× longer (README).
+exporter (which needs ``onnxscript``) ends at the same graph but took 5-17× longer (docs/deploy.md, Exporter).
 The TorchScript one announces itself as legacy with two DeprecationWarnings, which are silenced
 here by their exact text and nowhere else.
 

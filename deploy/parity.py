@@ -223,13 +223,13 @@ class BoundInterpreter(fx.Interpreter):
             return self.lif(target, m, args[0])
         if type(m) not in MODULES:
             raise NotImplementedError(f"parity has no rounding bound for {type(m).__name__}; add one to "
-                                      "MODULES in snnkit/deploy/parity.py")
+                                      "MODULES in deploy/parity.py")
         return MODULES[type(m)](m, args[0])
 
     def call_function(self, target, args, kwargs):
         if target not in FUNCTIONS:
             raise NotImplementedError(f"parity has no rounding bound for {target}; add one to FUNCTIONS "
-                                      "in snnkit/deploy/parity.py")
+                                      "in deploy/parity.py")
         return FUNCTIONS[target](*args, **kwargs)
 
     def call_method(self, target, args, kwargs):

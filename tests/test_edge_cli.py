@@ -145,7 +145,7 @@ def test_a_graph_eval_cannot_run_is_refused_in_one_line(run, graph, message):
 
 
 def test_the_ten_line_onnxruntime_loop_of_the_readme_runs_the_streaming_graph(run):
-    """The README's loop, verbatim in spirit: plain onnxruntime, states from the metadata."""
+    """docs/deploy.md's streaming loop, verbatim in spirit: plain onnxruntime, states from the metadata."""
     import onnxruntime as ort
 
     assert invoke("export", "--streaming").exit_code == 0

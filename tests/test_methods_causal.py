@@ -1,4 +1,4 @@
-"""Spike-causal gradient scaling (methods.md) and the named losses."""
+"""Spike-causal gradient scaling (docs/spec/methods.md) and the named losses."""
 import copy
 
 import pytest

@@ -1,4 +1,5 @@
-"""OTTT, SLTT and SAF: the identities of methods.md, constant memory in T, clean state, start-up checks."""
+"""OTTT, SLTT and SAF: the identities of docs/spec/methods.md, constant memory in T, clean state,
+start-up checks."""
 import copy
 
 import pytest

@@ -1,5 +1,5 @@
 """Every registered model with every registered method, on tiny widths; the new architectures'
-layouts (rate_backprop.md §5); and the rate_M identity (§4.1) for each model."""
+layouts (docs/spec/rate_backprop.md §5); and the rate_M identity (§4.1) for each model."""
 from __future__ import annotations
 
 import math

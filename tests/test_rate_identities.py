@@ -1,4 +1,4 @@
-"""The identities of rate_backprop.md §4 that rate_M and rate_S must satisfy."""
+"""The identities of docs/spec/rate_backprop.md §4 that rate_M and rate_S must satisfy."""
 import copy
 
 import pytest

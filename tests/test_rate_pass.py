@@ -1,4 +1,4 @@
-"""The rate pass's two autograd Functions equal the spec's formulas (rate_backprop.md §2.2) under
+"""The rate pass's two autograd Functions equal the spec's formulas (docs/spec/rate_backprop.md §2.2) under
 autograd, in value and gradient, and save no more for backward than BPTT's layers do."""
 import sys
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""The bundled recipes: the paper's settings (rate_backprop.md §5), their one-line method twins, and
+"""The bundled recipes: the paper's settings (docs/spec/rate_backprop.md §5), their one-line method twins, and
 short end-to-end runs of the recipes on tiny files in the real formats."""
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ and the eligibility g = (1/T) Σ_t σ'(u_t − V_th)·ρ_t up to float rounding.
 each step works in a few preallocated buffers (no temporaries), computes u − V_th once for both the
 spike and the surrogate, folds α and a scalar ρ_t into one scaled accumulation, and keeps ρ_t a
 Python float where it is the same for every neuron (soft reset with the reset detached:
-ρ_t = 1 + λ + … + λ^{t−1}, rate_backprop.md §2.1).
+ρ_t = 1 + λ + … + λ^{t−1}, docs/spec/rate_backprop.md §2.1).
 
 rate_M's spike pass goes through a :class:`MultistepRecorder`, which picks the fused form of the
 same loop where there is one: the Triton kernel of :mod:`snnkit.triton_lif` on CUDA, and on CPU
@@ -75,7 +75,7 @@ class FastSpikePass(RateSums):
         return s
 
     def _advance_rho(self, u: torch.Tensor, s: torch.Tensor, scale: float) -> None:
-        """ρ_{t+1} = 1 + κ_t·ρ_t with κ_t of rate_backprop.md §2.1; ``self.sg``·scale is σ'."""
+        """ρ_{t+1} = 1 + κ_t·ρ_t with κ_t of docs/spec/rate_backprop.md §2.1; ``self.sg``·scale is σ'."""
         p = self.p
         if p.reset == "soft" and p.detach_reset:
             self.rho = 1.0 + p.decay * self.rho
@@ -107,7 +107,7 @@ def fast_multistep_record(
 
 COMPILE_CHOICES = ("auto", "on", "off")
 # "auto" compiles a shape once its eager calls have cost this many seconds. Measured on 2 CPU cores
-# (README, Benchmarks): compiling costs 5-28 s per shape cold (the first includes inductor's start),
+# (docs/benchmarks.md): compiling costs 5-28 s per shape cold (the first includes inductor's start),
 # 0.5-7 s from inductor's disk cache, and the compiled loop saves ~45 % of the eager pass's time.
 # At 30 s of eager time the saving forgone is about one cold compile (the ski-rental rule: a run
 # never pays more than about twice the best choice in hindsight), and a short run (the 30-epoch

@@ -1,4 +1,4 @@
-"""The discrete LIF neuron, written once as pure functions (see the spec, rate_backprop.md §1).
+"""The discrete LIF neuron, written once as pure functions (see the spec, docs/spec/rate_backprop.md §1).
 
     charge: u_t = λ·v_{t-1} + x_t
     fire:   s_t = H(u_t − V_th)            (H(0) = 1; the surrogate replaces H' in backward)
@@ -93,7 +93,7 @@ def lif_multistep(
     return torch.stack(spikes)
 
 
-# --- the rate methods' eligibility (rate_backprop.md §2.1) --------------------------------------
+# --- the rate methods' eligibility (docs/spec/rate_backprop.md §2.1) ----------------------------
 # kappa_t = ∂u_{t+1}/∂u_t along the real trajectory; sg is σ'(u_t − V_th).
 
 def _kappa_soft(u, s, sg, p):

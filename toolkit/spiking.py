@@ -72,7 +72,7 @@ class MultiStep(Mode):
 
     With autograd on, the surrogate carries the gradient; where SpikingJelly's fused multi-step
     LIF applies it runs the loop, otherwise the reference loop does. With ``record`` (no autograd)
-    it keeps the rate r and eligibility g of rate_backprop.md §2.1, computed by ``recorder``
+    it keeps the rate r and eligibility g of docs/spec/rate_backprop.md §2.1, computed by ``recorder``
     (:data:`snnkit.fast.multistep_record` unless given).
     """
 
@@ -127,7 +127,7 @@ class SingleStep(Mode):
 
 
 class _RateValue(torch.autograd.Function):
-    """``r + g⊙c − stopgrad(g⊙c)`` (rate_backprop.md §2.2) without its cost: the value is r itself
+    """``r + g⊙c − stopgrad(g⊙c)`` (docs/spec/rate_backprop.md §2.2) without its cost: the value is r itself
     (autograd hands out a view, no copy) and backward multiplies by g, the only tensor saved."""
 
     @staticmethod

@@ -2,7 +2,7 @@
 
 Each program owns BLOCK neurons and keeps their potential, spike and eligibility sums and ρ_t in
 registers (fp32); it reads the T input currents once and writes the T spikes once, then r and g. It
-computes what :func:`snnkit.neuron.lif_multistep_record` computes (rate_backprop.md §2.1), for
+computes what :func:`snnkit.neuron.lif_multistep_record` computes (docs/spec/rate_backprop.md §2.1), for
 every reset mode and detach setting with the sigmoid surrogate: u_t = λ·v_{t−1} + x_t rounded as
 the reference rounds it (no fused multiply-add), so the spikes and r are the reference's bit for
 bit and g equals it up to the rounding of the sigmoid.

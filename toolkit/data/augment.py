@@ -1,4 +1,4 @@
-"""The paper's input pipelines (rate_backprop.md §5), as torchvision v2 transforms.
+"""The paper's input pipelines (docs/spec/rate_backprop.md §5), as torchvision v2 transforms.
 
 Random choices draw from torch's global generator, so the trainer's per-epoch seeding (and the
 DataLoader's per-worker seeds) make them reproducible.

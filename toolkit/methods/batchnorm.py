@@ -1,4 +1,4 @@
-"""BatchNorm treatment of the rate methods (rate_backprop.md §2.1, §2.2).
+"""BatchNorm treatment of the rate methods (docs/spec/rate_backprop.md §2.1, §2.2).
 
 The spike pass records, per BN layer, the per-channel mean and biased variance of every input it
 normalises (one record for rate_M's [T·B] call, T records for rate_S). The rate pass then replaces
@@ -133,7 +133,7 @@ def spike_statistics(records: list[tuple[torch.Tensor, torch.Tensor]], eps: floa
 
 
 class _StraightThrough(torch.autograd.Function):
-    """BN with the straight-through statistics (rate_backprop.md §2.2): the value
+    """BN with the straight-through statistics (docs/spec/rate_backprop.md §2.2): the value
     γ(a − μ_spike)/sqrt(σ²_spike + ε) + β; the gradient of
     μ̂ = μ_spike + (μ_b − sg(μ_b)), σ̂² = σ²_spike + (σ²_b − sg(σ²_b)) in that formula, μ_b and σ²_b
     the batch statistics of a (over all ranks if ``sync``). Written out, it saves what BN saves

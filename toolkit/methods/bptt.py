@@ -1,4 +1,4 @@
-"""Backpropagation through time: the baseline (methods.md)."""
+"""Backpropagation through time: the baseline (docs/spec/methods.md)."""
 from __future__ import annotations
 
 from dataclasses import dataclass

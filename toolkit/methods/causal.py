@@ -1,5 +1,5 @@
 """Spike-causal gradient scaling: snnkit's own formulation of the idea of Park et al.
-(arXiv 2308.00558, whose exact formula is not public); methods.md.
+(arXiv 2308.00558, whose exact formula is not public); docs/spec/methods.md.
 
 For every conv/linear layer that drives a LIF layer, the causal coincidence of each weight is
 ``C = Σ_t Σ_batch s^l[t] ⊗ â^{l−1}[t]``: the post spike at t times the presynaptic trace (the

@@ -1,4 +1,4 @@
-"""Named losses (methods.md). A per-step loss ``ℓ(o[t], y)`` acts on one step's logits ``[B, K]``;
+"""Named losses (docs/spec/methods.md). A per-step loss ``ℓ(o[t], y)`` acts on one step's logits ``[B, K]``;
 :func:`sequence_loss` averages it over the T steps of ``[T, B, K]`` logits.
 
 - ``mean``:   CE on the time-averaged logits (BPTT's and the rate methods' loss; not per step)

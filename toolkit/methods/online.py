@@ -1,5 +1,5 @@
 """Online training through time: OTTT (Xiao et al., NeurIPS 2022) and SLTT (Meng et al., ICCV 2023);
-see methods.md.
+see docs/spec/methods.md.
 
 Both run the network one step at a time with the membrane detached between steps, compute a
 per-step loss ``L[t]/T`` and call backward at every step, so autograd holds one step's graph and

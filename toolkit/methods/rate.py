@@ -1,4 +1,4 @@
-"""Rate-based backpropagation, rate_M and rate_S (Yu et al., NeurIPS 2024; rate_backprop.md).
+"""Rate-based backpropagation, rate_M and rate_S (Yu et al., NeurIPS 2024; docs/spec/rate_backprop.md).
 
 One iteration is two passes: a spike pass with no autograd that records, per spiking layer, the
 mean rate r and the eligibility g (and BN statistics), then one rate pass at batch B with autograd,

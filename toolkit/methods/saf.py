@@ -1,4 +1,4 @@
-"""Spike accumulation forwarding, SAF-E and SAF-F (Saiin et al., TMLR 2024; methods.md).
+"""Spike accumulation forwarding, SAF-E and SAF-F (Saiin et al., TMLR 2024; docs/spec/methods.md).
 
 Between layers SAF passes accumulated spikes ``â[t] = λ·â[t−1] + s[t]`` instead of spikes. With
 soft reset the LIF is linear between spikes, so a layer's accumulated current is

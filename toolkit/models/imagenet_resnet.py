@@ -1,4 +1,4 @@
-"""ResNet-34s for ImageNet (rate_backprop.md §5): SEW-ResNet-34 and a pre-activation ResNet-34.
+"""ResNet-34s for ImageNet (docs/spec/rate_backprop.md §5): SEW-ResNet-34 and a pre-activation ResNet-34.
 
 Both use the ImageNet stem, conv7×7/2 then max pooling 3×3/2, stages [3, 4, 6, 3] of widths
 64/128/256/512, and global average pooling into the classifier. Convolutions carry no bias (every

@@ -1,4 +1,4 @@
-"""Spiking ResNets for CIFAR, laid out as the reference code (rate_backprop.md §5)."""
+"""Spiking ResNets for CIFAR, laid out as the reference code (docs/spec/rate_backprop.md §5)."""
 from __future__ import annotations
 
 from torch import nn

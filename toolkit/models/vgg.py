@@ -1,4 +1,4 @@
-"""Spiking VGGs (rate_backprop.md §5): conv3×3 (with bias)–BN–LIF, "A" is AvgPool 2×2.
+"""Spiking VGGs (docs/spec/rate_backprop.md §5): conv3×3 (with bias)–BN–LIF, "A" is AvgPool 2×2.
 
 ``vgg13`` is not spelled out in §5; its layout is the reference code's VGG13 (ten convolutions,
 four pools, then global average pooling, like ``vgg11``).
