@@ -98,7 +98,6 @@ class Trainer:
         self.net.to(self.device, memory_format=memory_format)  # channels_last: 4-D conv weights only
         self.world.broadcast_state(self.net)
         self.precision = Precision(cfg.run.amp, self.device)
-        self.precision.install(self.net)
         self.method: Method = build_method(cfg.method.name, cfg.method.T, cfg.method.options)
         self.method.check(self.net)
         self.optimizer, self.scheduler = make_optimizer(self.net, cfg.optim)
@@ -156,6 +155,17 @@ class Trainer:
         start = time.perf_counter()
         test_loader = make_loader(self.world.shard(self.data.test), self.batch_size, cfg.data.workers,
                                   self.device)
+        with self.precision.applied(self.net):  # the body under autocast, if run.amp asks
+            metrics = self.run_epochs(progress, test_loader)
+        result = RunResult(self.run_dir, metrics["test_acc"], self.best_acc, self.best_epoch,
+                           time.perf_counter() - start)
+        if self.world.is_main:
+            self.write_results(result)
+        return result
+
+    def run_epochs(self, progress: EpochProgress, test_loader: DataLoader) -> dict:
+        """Train and test the epochs left; returns the last epoch's metrics."""
+        cfg = self.cfg
         metrics = {}
         while self.epoch < cfg.optim.epochs:
             lr = self.optimizer.param_groups[0]["lr"]
@@ -181,11 +191,7 @@ class Trainer:
         if not metrics:  # no epoch left: resumed after the last checkpoint but before results.json
             metrics = {"test_acc": evaluate(self.net, test_loader, cfg.method.T, self.data.kind, self.device,
                                             self.world)["acc"]}
-        result = RunResult(self.run_dir, metrics["test_acc"], self.best_acc, self.best_epoch,
-                           time.perf_counter() - start)
-        if self.world.is_main:
-            self.write_results(result)
-        return result
+        return metrics
 
     def write_results(self, result: RunResult) -> None:
         """results.json: final and best accuracy beside the conventions needed to compare them."""
