@@ -48,7 +48,8 @@ class RateBackprop(Method):
 
     def __init__(self, T, options=None):
         super().__init__(T, options)
-        self.recorder = MultistepRecorder("off")  # keeps its compiled shapes across steps
+        # keeps its compiled shapes across steps; the trainer adopts the plan, "auto" eager until then
+        self.recorder = MultistepRecorder("on" if self.options.compile == "on" else "off")
 
     def plan(self, net, run: RunShape) -> dict:
         choice = self.options.compile
