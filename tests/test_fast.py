@@ -161,18 +161,22 @@ def test_compiled_pass_matches_reference(p):
     assert_same(MultistepRecorder("on")(x, p, p.make_surrogate()), lif_multistep_record(x, p, p.make_surrogate()))
 
 
-def test_auto_compiles_a_shape_once_its_eager_calls_cost_the_compile_time(monkeypatch):
-    p, x = NeuronParams(), currents(4)
-    recorder = MultistepRecorder("auto")
-    monkeypatch.setattr(fast, "COMPILE_AFTER_SECONDS", 3600.0)
-    for _ in range(3):
-        recorder(x, p, p.make_surrogate())
-    assert not recorder.compiled
-    monkeypatch.setattr(fast, "COMPILE_AFTER_SECONDS", recorder.eager_seconds[next(iter(recorder.eager_seconds))])
-    recorder(x, p, p.make_surrogate())
-    assert len(recorder.compiled) == 1
-    recorder(currents(5), p, p.make_surrogate())  # a new shape starts from zero
-    assert len(recorder.compiled) == 1 and len(recorder.eager_seconds) == 2
+@pytest.mark.parametrize("neuron_steps, shapes, device, compiler, compiles", [
+    (8192 * 4 * 1437 * 30, 6, "cpu", True, False),  # the 30-epoch digits recipe: < 1 s to save
+    (139264 * 8 * 50000 * 100, 34, "cpu", True, True),  # resnet18 w0.25 on CIFAR, 100 epochs
+    (139264 * 8 * 50000 * 100, 34, "cpu", False, False),  # no C++ compiler
+    (139264 * 8 * 50000 * 100, 34, "cuda", True, False),  # CUDA runs the Triton kernel
+    (10**12, 1, "cpu", True, True),  # 1e12 neuron-steps save ~585 s, more than one cold compile
+    (10**11, 3, "cpu", True, False),  # ~58.5 s to save, less than 3 cold compiles (84 s)
+])
+def test_auto_compiles_when_the_run_repays_a_cold_compile_of_every_shape(neuron_steps, shapes, device,
+                                                                         compiler, compiles):
+    assert fast.compile_pays_off(neuron_steps, shapes, device, compiler) is compiles
+
+
+def test_the_recorder_takes_a_decision_not_auto():
+    with pytest.raises(ValueError, match="resolve 'auto' first"):
+        MultistepRecorder("auto")
 
 
 def test_off_never_compiles_and_a_failed_compile_falls_back_to_eager(monkeypatch, caplog):

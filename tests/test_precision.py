@@ -36,12 +36,44 @@ def tiny_net():
 
 def test_autocast_covers_the_body_and_hands_back_fp32():
     net = tiny_net()
-    Precision("bf16", CPU).install(net)
     conv_dtypes = []
     net.body[0][0].register_forward_hook(lambda m, i, o: conv_dtypes.append(o.dtype))
-    logits, _ = net.run_multistep(torch.randn(2, 3, 1, 8, 8))
+    with Precision("bf16", CPU).applied(net):
+        logits, _ = net.run_multistep(torch.randn(2, 3, 1, 8, 8))
+        assert not torch.is_autocast_enabled("cpu")
     assert conv_dtypes == [torch.bfloat16] and logits.dtype == torch.float32
+    net.run_multistep(torch.randn(2, 3, 1, 8, 8))  # after the block: fp32 again
+    assert conv_dtypes[-1] == torch.float32
+
+
+def test_a_body_that_raises_under_autocast_leaves_autocast_off():
+    net = tiny_net()
+    with Precision("bf16", CPU).applied(net), pytest.raises(RuntimeError):
+        net.body(torch.randn(2, 5, 8, 8))  # 5 channels into a 1-channel conv
     assert not torch.is_autocast_enabled("cpu")
+
+
+@pytest.mark.parametrize("amp", ["none", "bf16", "fp16"])
+def test_a_network_under_every_precision_copies_pickles_and_round_trips(amp):
+    import copy
+    import pickle
+
+    net, precision = tiny_net(), Precision(amp, CPU)
+    cfg = resolve_config(None, [f"run.amp={amp}"])
+    assert pickle.loads(pickle.dumps(cfg)) == cfg
+    x = torch.randn(2, 3, 1, 8, 8)
+    with precision.applied(net):
+        twin = copy.deepcopy(net)  # e.g. an EMA or teacher model, taken mid-training
+        keys = list(net.state_dict())
+        pickle.loads(pickle.dumps(net.state_dict()))
+        fresh = tiny_net()
+        fresh.load_state_dict(net.state_dict())
+        out = net.run_multistep(x)[0]
+        assert torch.equal(twin.run_multistep(x)[0], out)
+    assert keys == list(tiny_net().state_dict()) == list(twin.state_dict())
+    assert torch.equal(twin.run_multistep(x)[0], fresh.run_multistep(x)[0])
+    if amp == "none":
+        assert torch.equal(out, twin.run_multistep(x)[0])
 
 
 @pytest.mark.parametrize("method", ["bptt", "rate_m"])
@@ -51,9 +83,9 @@ def test_fp16_scaling_at_the_body_output_scales_every_gradient(method):
     for init_scale in (2.0**12, 2.0**14):  # both lift the fp16 backward clear of underflow
         net, precision = tiny_net(), Precision("fp16", CPU)
         precision.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
-        precision.install(net)
-        build_method(method, 2).train_step(
-            net, x, y, lambda: grads.append([p.grad.clone() for p in net.parameters()]))
+        with precision.applied(net):
+            build_method(method, 2).train_step(
+                net, x, y, lambda: grads.append([p.grad.clone() for p in net.parameters()]))
     for plain, scaled in zip(*grads):
         torch.testing.assert_close(scaled, plain * 4)
 

@@ -103,3 +103,30 @@ def test_a_checkpoint_write_that_dies_leaves_the_previous_file(tmp_path, monkeyp
         atomic_save({"epoch": 2}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_a_slow_clock_trains_the_same_weights_as_a_fast_one(tmp_path, data, monkeypatch):
+    """No clock in the numerics: every clock running 10⁶× slow changes nothing but the seconds."""
+    import time
+
+    fast_run = train(config(tmp_path, "fast", "method.name=rate_m"), data=data, progress=QUIET).run_dir
+    for name in ("perf_counter", "monotonic", "time"):
+        real = getattr(time, name)
+        start = real()
+        monkeypatch.setattr(time, name, lambda real=real, start=start: start + 10**6 * (real() - start))
+    slow_run = train(config(tmp_path, "slow", "method.name=rate_m"), data=data, progress=QUIET).run_dir
+    monkeypatch.undo()
+    assert_same_run(fast_run, slow_run)
+
+
+def test_the_compile_decision_is_recorded_and_resume_follows_it(tmp_path, data):
+    cfg = config(tmp_path, "plan", "method.name=rate_m", "optim.epochs=1")
+    run = train(cfg, data=data, progress=QUIET).run_dir
+    ckpt = load_checkpoint(run)
+    assert ckpt["train_state"]["method_plan"] == {"compile": "off"}  # a short run: eager
+    assert json.loads((run / "results.json").read_text())["method_plan"] == {"compile": "off"}
+    ckpt["train_state"]["method_plan"] = {"compile": "on"}  # as a longer run would have decided
+    trainer = Trainer(config(tmp_path, "plan", "method.name=rate_m", "optim.epochs=2"), run, data=data)
+    assert trainer.method.recorder.compile == "off"
+    trainer.restore(ckpt)
+    assert trainer.method_plan == {"compile": "on"} and trainer.method.recorder.compile == "on"

@@ -11,14 +11,13 @@ Python float where it is the same for every neuron (soft reset with the reset de
 rate_M's spike pass goes through a :class:`MultistepRecorder`, which picks the fused form of the
 same loop where there is one: the Triton kernel of :mod:`snnkit.triton_lif` on CUDA, and on CPU
 the reference loop compiled by inductor into one loop over the T steps per shape (its spikes, r
-and g are the reference's; compiling pays off only on long runs, see ``COMPILE_AFTER_SECONDS``).
+and g are the reference's; compiling pays off only on long runs, see :func:`compile_pays_off`).
 """
 from __future__ import annotations
 
 import importlib.util
 import logging
-import time
-from collections import defaultdict
+import shutil
 from typing import Callable, Optional
 
 import torch
@@ -106,27 +105,46 @@ def fast_multistep_record(
 
 
 COMPILE_CHOICES = ("auto", "on", "off")
-# "auto" compiles a shape once its eager calls have cost this many seconds. Measured on 2 CPU cores
-# (docs/benchmarks.md): compiling costs 5-28 s per shape cold (the first includes inductor's start),
-# 0.5-7 s from inductor's disk cache, and the compiled loop saves ~45 % of the eager pass's time.
-# At 30 s of eager time the saving forgone is about one cold compile (the ski-rental rule: a run
-# never pays more than about twice the best choice in hindsight), and a short run (the 30-epoch
-# digits recipe spends < 1 s per shape) never compiles.
-COMPILE_AFTER_SECONDS = 30.0
+# What "auto" rests on, measured on the 2-core build machine (docs/benchmarks.md, "The fused spike pass"): the
+# eager pass costs about 1.3 ns per neuron and step (digits net, batch 64, T = 4: 2.8 ms for 2.1 M
+# neuron-steps; resnet18 width 0.25, batch 16, T = 8: 23 ms for 17.8 M), the compiled loop saves
+# about 45 % of it, and compiling costs 5-28 s per shape cold (0.5-7 s from inductor's disk cache).
+EAGER_SECONDS_PER_NEURON_STEP = 1.3e-9
+COMPILED_SAVES = 0.45
+COMPILE_SECONDS_PER_SHAPE = 28.0  # the worst cold compile: "auto" compiles only when that is repaid
+
+
+def compile_pays_off(neuron_steps: int, shapes: int, device_type: str, compiler: bool) -> bool:
+    """The "auto" rule, decided once before training from what does not change between runs: on
+    CPU with a C++ compiler, compile when the eager time the whole run's spike passes would save
+    (``neuron_steps``: LIF neurons × T × samples × epochs) exceeds the cold compile of every
+    input shape (``shapes``: LIF layers × distinct batch sizes). CUDA runs the Triton kernel."""
+    if device_type != "cpu" or not compiler:
+        return False
+    saved = COMPILED_SAVES * EAGER_SECONDS_PER_NEURON_STEP * neuron_steps
+    return saved > COMPILE_SECONDS_PER_SHAPE * shapes
+
+
+def cpp_compiler_present() -> bool:
+    """Inductor's CPU code needs a C++ compiler on the PATH."""
+    return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
+
 
 Record = Callable[[torch.Tensor, NeuronParams, Surrogate], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 class MultistepRecorder:
     """Records one LIF layer's rate_M spike pass (all T steps per call) by the fastest exact path:
-    the Triton kernel (:mod:`snnkit.triton_lif`) on CUDA where it applies; otherwise the reference
-    loop compiled by inductor into one fused loop per input shape (``compile``: "on" at once,
-    "auto" once that shape's eager calls have cost :data:`COMPILE_AFTER_SECONDS`, "off" never);
-    otherwise the eager fast pass. Every path gives the reference's spikes and r bit for bit."""
+    the Triton kernel (:mod:`snnkit.triton_lif`) on CUDA where it applies; otherwise, with
+    ``compile="on"``, the reference loop compiled by inductor into one fused loop per input shape;
+    otherwise the eager fast pass. Every path gives the reference's spikes and r bit for bit.
+    ``compile`` is "on" or "off", decided before training ("auto" is resolved by
+    :func:`compile_pays_off`); nothing here depends on how long a call took."""
 
     def __init__(self, compile: str = "off"):
+        if compile not in ("on", "off"):
+            raise ValueError(f"the recorder compiles 'on' or 'off', got {compile!r}; resolve 'auto' first")
         self.compile = compile
-        self.eager_seconds: dict[tuple, float] = defaultdict(float)
         self.compiled: dict[tuple, Record] = {}
 
     def __call__(self, x_seq: torch.Tensor, p: NeuronParams, surrogate: Surrogate):
@@ -135,8 +153,8 @@ class MultistepRecorder:
 
             return triton_multistep_record(x_seq, p, surrogate)
         key = (tuple(x_seq.shape), x_seq.dtype, x_seq.device, p, type(surrogate), surrogate.alpha)
-        if key not in self.compiled and self._pays_off(key):
-            log.info("compiling the spike pass for LIF input %s (compile=%s)", list(x_seq.shape), self.compile)
+        if key not in self.compiled and self.compile == "on":
+            log.info("compiling the spike pass for LIF input %s", list(x_seq.shape))
             self.compiled[key] = torch.compile(lif_multistep_record, dynamic=False, fullgraph=True)
         if key in self.compiled:
             try:
@@ -145,13 +163,7 @@ class MultistepRecorder:
             except Exception as err:  # e.g. no C++ compiler: stay exact, eagerly
                 log.warning("compiling the spike pass failed, so it runs eagerly: %s", err)
                 self.compile, self.compiled = "off", {}
-        start = time.perf_counter()
-        out = fast_multistep_record(x_seq, p, surrogate)
-        self.eager_seconds[key] += time.perf_counter() - start
-        return out
-
-    def _pays_off(self, key: tuple) -> bool:
-        return self.compile == "on" or (self.compile == "auto" and self.eager_seconds[key] >= COMPILE_AFTER_SECONDS)
+        return fast_multistep_record(x_seq, p, surrogate)
 
 
 def triton_applies(x_seq: torch.Tensor, surrogate: Surrogate) -> bool:

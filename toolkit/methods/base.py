@@ -24,6 +24,15 @@ class StepOutput:
 
 
 @dataclass(frozen=True)
+class RunShape:
+    """What a run will feed its method, known before the first step."""
+    sample_shape: tuple[int, ...]  # one input sample, without T and batch
+    batch_sizes: tuple[int, ...]  # the distinct per-process batch sizes of an epoch
+    samples: int  # per process, over every epoch of the run
+    device_type: str
+
+
+@dataclass(frozen=True)
 class NoOptions:
     pass
 
@@ -42,6 +51,15 @@ class Method:
     def check(self, net: SpikingNet) -> None:
         """Called once before training: raise :class:`~snnkit.errors.ConfigError` if this method
         cannot train ``net`` (e.g. a layer it does not support), so the run fails at start-up."""
+
+    def plan(self, net: SpikingNet, run: "RunShape") -> dict[str, Any]:
+        """Decisions taken once before training from what does not change between runs (shapes,
+        T, device, the samples to come; never a clock). The trainer records them in the checkpoint
+        and results.json and hands them to :meth:`adopt`, on resume the recorded ones."""
+        return {}
+
+    def adopt(self, plan: dict[str, Any]) -> None:
+        """Follow ``plan``, as :meth:`plan` returned it (perhaps in an earlier process)."""
 
     def train_step(self, net: SpikingNet, x_seq: torch.Tensor, y: torch.Tensor,
                    step: Callable[[], None]) -> StepOutput:

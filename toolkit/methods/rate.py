@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..fast import COMPILE_CHOICES, MultistepRecorder
+from ..fast import COMPILE_CHOICES, MultistepRecorder, compile_pays_off, cpp_compiler_present
 from ..spiking import RatePass, firing_rate, neuron_mode, spiking_layers
-from .base import Method, StepOutput, register_method
+from .base import Method, RunShape, StepOutput, register_method
 from .batchnorm import BNStats, record_batchnorm, straight_through_batchnorm
 from .causal import ScalingOptions, causal_scaling
 
@@ -24,8 +24,9 @@ class RateOptions(ScalingOptions):
     # weight decay mean the same for every method. On: × 1/T as in the reference code (the loss
     # value is unchanged); with SGD that is lr/T and weight decay ×T, the paper's rate_M runs.
     divide_grad_by_T: bool = False
-    # Compile rate_M's spike pass on CPU (snnkit.fast.MultistepRecorder): "auto" once a shape has
-    # cost about what compiling it costs, "on" at once, "off" never. CUDA runs the Triton kernel.
+    # Compile rate_M's spike pass on CPU (snnkit.fast.MultistepRecorder): "auto" decides before
+    # training whether the run is long enough to repay it (snnkit.fast.compile_pays_off), "on"
+    # always, "off" never. CUDA runs the Triton kernel.
     compile: str = "auto"
 
     def __post_init__(self):
@@ -47,7 +48,20 @@ class RateBackprop(Method):
 
     def __init__(self, T, options=None):
         super().__init__(T, options)
-        self.recorder = MultistepRecorder(self.options.compile)  # keeps its compiled shapes across steps
+        # keeps its compiled shapes across steps; the trainer adopts the plan, "auto" eager until then
+        self.recorder = MultistepRecorder("on" if self.options.compile == "on" else "off")
+
+    def plan(self, net, run: RunShape) -> dict:
+        choice = self.options.compile
+        if choice == "auto" and self.multistep:
+            neurons = neurons_per_sample(net, run.sample_shape)
+            shapes = len(spiking_layers(net.body)) * len(run.batch_sizes)
+            choice = "on" if compile_pays_off(neurons * self.T * run.samples, shapes, run.device_type,
+                                              cpp_compiler_present()) else "off"
+        return {"compile": "off" if choice == "auto" else choice}
+
+    def adopt(self, plan: dict) -> None:
+        self.recorder = MultistepRecorder(plan.get("compile", "off"))
 
     def train_step(self, net, x_seq, y, step):
         spikes = self.spike_pass(net, x_seq)
@@ -75,6 +89,15 @@ class RateBackprop(Method):
         with straight_through_batchnorm(spikes.bn_stats), \
                 neuron_mode(body, lambda layer: RatePass(*recorded[layer])):
             return body(x_seq.mean(0))  # the time-averaged input [B, ...]
+
+
+@torch.no_grad()
+def neurons_per_sample(net, sample_shape: tuple[int, ...]) -> int:
+    """LIF neurons one sample drives, from one step at batch 1 in eval mode (no state changes)."""
+    training, device = net.training, next(net.parameters()).device
+    _, modes = net.eval().run_multistep(torch.zeros(1, 1, *sample_shape, device=device))
+    net.train(training)
+    return sum(mode.neurons_per_sample for mode in modes)
 
 
 @register_method("rate_m")

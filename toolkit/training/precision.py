@@ -1,8 +1,13 @@
 """Mixed precision and the CUDA speed settings of a run (``run.amp``, ``run.tf32``, ``run.deterministic``).
 
-Autocast covers the model body and nothing else: methods call ``net.body`` directly, so the body's
-forward runs under ``torch.autocast`` and returns fp32, and each method's loss and backward run
-outside autocast, as PyTorch recommends. LIF layers integrate their membrane in fp32 whatever the
+Autocast covers the model body and nothing else: methods call ``net.body`` directly, so for the
+length of a ``with precision.applied(net)`` block the body's forward runs under ``torch.autocast``
+and returns fp32, and each method's loss and backward run
+outside autocast, as PyTorch recommends. The block installs a forward pre-hook and an always-called
+forward hook on the body and removes both on exit (the scoped pattern of
+:func:`snnkit.spiking.neuron_mode`); the module itself is never changed, so copies, pickles and
+``state_dict`` keys are those of the plain network (a copy taken inside the block runs under
+autocast until the block ends, then as the plain network). LIF layers integrate their membrane in fp32 whatever the
 dtype of their input current (``snnkit.spiking.LIF``), so a threshold is never compared in bf16.
 
 fp16 needs loss scaling, and the loss is computed inside each method. The scale is applied instead
@@ -19,6 +24,8 @@ benchmark picks the fastest convolution for each shape.
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 
@@ -50,20 +57,39 @@ class Precision:
         self.device_type = device.type
         self.scaler = torch.amp.GradScaler(device.type) if amp == "fp16" else None
 
-    def install(self, net: SpikingNet) -> None:
-        """Run ``net.body`` under autocast from now on, returning fp32 (and scaling its gradient for fp16)."""
+    @contextmanager
+    def applied(self, net: SpikingNet) -> Iterator[None]:
+        """Run ``net.body`` under autocast for the block, returning fp32 (and scaling its gradient for fp16)."""
         if self.dtype is None:
+            yield
             return
-        forward, device_type, dtype, scaler = net.body.forward, self.device_type, self.dtype, self.scaler
+        active, contexts = [True], []  # copies taken inside the block share these hooks
 
-        def body_forward(x: torch.Tensor) -> torch.Tensor:
-            with torch.autocast(device_type, dtype=dtype):
-                out = forward(x).float()
-            if scaler is not None and out.requires_grad:
-                out.register_hook(scaler.scale)
+        def enter(module, args):
+            contexts.append(torch.autocast(self.device_type, dtype=self.dtype) if active else None)
+            if contexts[-1] is not None:
+                contexts[-1].__enter__()
+
+        def leave(module, args, out):
+            autocast = contexts.pop()
+            if autocast is None:
+                return None
+            autocast.__exit__(None, None, None)
+            if out is None:  # the forward raised; the error goes on once autocast is off
+                return None
+            out = out.float()
+            if self.scaler is not None and out.requires_grad:
+                out.register_hook(self.scaler.scale)
             return out
 
-        net.body.forward = body_forward
+        handles = [net.body.register_forward_pre_hook(enter),
+                   net.body.register_forward_hook(leave, always_call=True)]
+        try:
+            yield
+        finally:
+            active.clear()
+            for handle in handles:
+                handle.remove()
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.scaler is None:

@@ -20,6 +20,7 @@ from ..data import DataBundle, encode, load_dataset
 from ..errors import CheckpointError, DataError, DivergedError, one_line
 from ..files import append_line, atomic_write_text
 from ..methods import Method, build_method
+from ..methods.base import RunShape
 from ..methods.batchnorm import convert_sync_batchnorm
 from ..models import ModelSpec, build_model, check_input_fits
 from ..spiking import SpikingNet, firing_rate
@@ -98,15 +99,22 @@ class Trainer:
         self.net.to(self.device, memory_format=memory_format)  # channels_last: 4-D conv weights only
         self.world.broadcast_state(self.net)
         self.precision = Precision(cfg.run.amp, self.device)
-        self.precision.install(self.net)
         self.method: Method = build_method(cfg.method.name, cfg.method.T, cfg.method.options)
         self.method.check(self.net)
+        self.method_plan = self.method.plan(self.net, self.run_shape())
+        self.method.adopt(self.method_plan)
         self.optimizer, self.scheduler = make_optimizer(self.net, cfg.optim)
         self.params = [p for p in self.net.parameters() if p.requires_grad]
         self.run_dir = run_dir
         self.epoch = 0
         self.saved_epoch = 0  # the epoch of the last checkpoint written or restored; 0: none yet
         self.best_acc, self.best_epoch = 0.0, -1
+
+    def run_shape(self) -> RunShape:
+        per_rank = math.ceil(len(self.data.train) / self.world.size)
+        sizes = {min(self.batch_size, per_rank), per_rank % self.batch_size or self.batch_size}
+        return RunShape(tuple(self.data.input_shape), tuple(sorted(sizes)), per_rank * self.cfg.optim.epochs,
+                        self.device.type)
 
     # --- one epoch: the loop that never asks which method it holds ------------------------------
     def train_epoch(self, progress: EpochProgress) -> dict:
@@ -156,6 +164,17 @@ class Trainer:
         start = time.perf_counter()
         test_loader = make_loader(self.world.shard(self.data.test), self.batch_size, cfg.data.workers,
                                   self.device)
+        with self.precision.applied(self.net):  # the body under autocast, if run.amp asks
+            metrics = self.run_epochs(progress, test_loader)
+        result = RunResult(self.run_dir, metrics["test_acc"], self.best_acc, self.best_epoch,
+                           time.perf_counter() - start)
+        if self.world.is_main:
+            self.write_results(result)
+        return result
+
+    def run_epochs(self, progress: EpochProgress, test_loader: DataLoader) -> dict:
+        """Train and test the epochs left; returns the last epoch's metrics."""
+        cfg = self.cfg
         metrics = {}
         while self.epoch < cfg.optim.epochs:
             lr = self.optimizer.param_groups[0]["lr"]
@@ -181,11 +200,7 @@ class Trainer:
         if not metrics:  # no epoch left: resumed after the last checkpoint but before results.json
             metrics = {"test_acc": evaluate(self.net, test_loader, cfg.method.T, self.data.kind, self.device,
                                             self.world)["acc"]}
-        result = RunResult(self.run_dir, metrics["test_acc"], self.best_acc, self.best_epoch,
-                           time.perf_counter() - start)
-        if self.world.is_main:
-            self.write_results(result)
-        return result
+        return metrics
 
     def write_results(self, result: RunResult) -> None:
         """results.json: final and best accuracy beside the conventions needed to compare them."""
@@ -194,7 +209,8 @@ class Trainer:
                    "seconds": result.seconds, "epochs": cfg.optim.epochs, "dataset": cfg.data.name,
                    "model": cfg.model.name, "method": cfg.method.name, "T": cfg.method.T,
                    "method_options": cfg.method.options, "neuron": cfg.neuron.as_dict(),
-                   "device": str(self.device), "processes": self.world.size, "config_digest": cfg.digest()}
+                   "device": str(self.device), "processes": self.world.size, "config_digest": cfg.digest(),
+                   "method_plan": self.method_plan}
         atomic_write_text(self.run_dir / "results.json", json.dumps(summary, indent=2) + "\n")
 
     def checkpoint(self) -> dict:
@@ -203,7 +219,7 @@ class Trainer:
             self.cfg.to_dict(),
             {"epoch": self.epoch, "optimizer": self.optimizer.state_dict(),
              "scheduler": self.scheduler.state_dict(), "grad_scaler": self.precision.state_dict(),
-             "best_acc": self.best_acc, "best_epoch": self.best_epoch})
+             "best_acc": self.best_acc, "best_epoch": self.best_epoch, "method_plan": self.method_plan})
 
     def save(self, metrics: dict) -> None:
         """Metrics line, best.pt, then checkpoint.pt last: the checkpoint commits the epoch, and a
@@ -227,6 +243,8 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
             self.precision.load_state_dict(state.get("grad_scaler", {}))
             self.epoch, self.best_acc, self.best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
+            self.method_plan = state.get("method_plan", self.method_plan)  # older checkpoints: a fresh one
+            self.method.adopt(self.method_plan)
         except (KeyError, ValueError, RuntimeError) as e:
             raise CheckpointError(f"the checkpoint's training state is damaged ({type(e).__name__}: {one_line(e)}); "
                                   "resume from a copy of the run or retrain") from None
