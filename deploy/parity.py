@@ -19,6 +19,7 @@ The gate is zero unexplained differences, whatever the number of samples.
 """
 from __future__ import annotations
 
+import copy
 import operator
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -36,8 +37,17 @@ from .graph import TimeUnrolled, tile_steps
 UNIT_ROUNDOFF = 2.0 ** -24  # float32
 
 
+PROBABLE = 6.0  # λ in λ·√n·u; each rounding error a bounded independent variable: P(exceed) ≤ 2·exp(−λ²/2)
+
+
 def gamma(n: int) -> float:
     return n * UNIT_ROUNDOFF / (1 - n * UNIT_ROUNDOFF)
+
+
+def sum_error(n: int) -> float:
+    """|computed − exact| / Σ|terms| for a float32 sum of n terms in any order, with or without FMA:
+    the worst case γ_n, or the probabilistic λ·√n·u (Higham & Mary 2019) where that is smaller."""
+    return min(gamma(n), PROBABLE * n ** 0.5 * UNIT_ROUNDOFF)
 
 
 @dataclass(frozen=True)
@@ -66,7 +76,7 @@ def linear_op(value: torch.Tensor, x: Bound, absolute: Callable[[torch.Tensor], 
     rounding, cascade, magnitude = absolute(torch.cat([x.rounding, x.cascade, x.magnitude()])).chunk(3)
     if bias is not None:
         magnitude = magnitude + bias.abs().view(-1, *(1,) * (value.dim() - 2))
-    return Bound(value, rounding + 2 * gamma(terms + 1) * magnitude, cascade)
+    return Bound(value, rounding + sum_error(terms + 1) * magnitude, cascade)
 
 
 def conv2d(m: nn.Conv2d, x: Bound) -> Bound:
@@ -314,10 +324,11 @@ def verify(twin: TimeUnrolled, x: torch.Tensor, observed: Observed) -> Reference
         logits, counts = twin(x)[:2]
         verdict = Verdict(unexplained=1, first_unexplained=structure)
         return Reference(logits, counts, verdict)
-    run = BoundInterpreter(twin, observed)
-    y = run.run(Bound.exact(x if twin.kind == "static" else x.flatten(0, 1)))  # [T·B, K]
+    exact = copy.deepcopy(twin).double()  # the float32 weights, summed (almost) exactly
+    run = BoundInterpreter(exact, observed)
+    y = run.run(Bound.exact((x if twin.kind == "static" else x.flatten(0, 1)).double()))  # [T·B, K]
     y = y.map(lambda t: t.unflatten(0, (twin.T, -1)))  # [T, B, K]
-    logits = y.value.mean(0)
+    logits = y.value.mean(0).float()
     bound = (y.rounding + y.cascade).mean(0) + 2 * gamma(twin.T + 1) * y.magnitude().mean(0)
     diff = (logits - observed.logits).abs()
     run.verdict.unexplained_at("logits", "logits", None, len(twin.layer_names), ~(diff <= bound), diff, bound)

@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 
 from snnkit.checkpoint import atomic_save, make_checkpoint
 from snnkit.cli.main import app
+from snnkit.deploy.graph import TimeUnrolled
+from snnkit.deploy.parity import Observed
 from snnkit.models import ModelSpec, build_model
 from snnkit.spiking import SpikingNet
 
@@ -89,3 +91,13 @@ def write_run(root: Path, name: str, ckpt: dict) -> Path:
 def invoke(*args: str):
     """Run the ``snnkit`` CLI in-process."""
     return CliRunner().invoke(app, list(args))
+
+
+def observed_from(twin: TimeUnrolled, x: torch.Tensor) -> Observed:
+    """A PyTorch twin's run as a graph's (its probes in the order of ``probe_names``)."""
+    with torch.no_grad():
+        logits, counts, *probed = twin(x)
+    u, s = iter(probed[0::2]), iter(probed[1::2])
+    membranes = {layer: torch.stack([next(u) for _ in range(twin.T)]) for layer in twin.layer_names}
+    spikes = {layer: torch.stack([next(s) for _ in range(twin.T)]) for layer in twin.layer_names}
+    return Observed(logits, counts, membranes, spikes)

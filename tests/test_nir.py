@@ -1,6 +1,7 @@
 """NIR export: every registered model is written (hard reset) or refused in one line; the LIF
-parameters follow the stated forward-Euler mapping; and a consumer nobody here wrote (snnTorch's
-``import_from_nir``) runs the file for T steps with snnkit's per-layer spike counts."""
+parameters follow the stated forward-Euler mapping; and two consumers nobody here wrote (snnTorch's
+and SpikingJelly's ``import_from_nir``) run the file for T steps with snnkit's spikes, every
+difference judged by the parity verdict's rounding-bound rule."""
 from __future__ import annotations
 
 import json
@@ -11,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from deploy_helpers import model_and_checkpoint
+from deploy_helpers import model_and_checkpoint, observed_from
 from snnkit.checkpoint import atomic_save, load_checkpoint, model_from_checkpoint
 from snnkit.deploy.export import export_checkpoint
-from snnkit.deploy.graph import one_step
+from snnkit.deploy.graph import deployable
 from snnkit.deploy.nir_export import DT, NirUnsupported
+from snnkit.deploy.parity import Observed, verify
 from snnkit.models import MODELS
 
 MAX_POOLED = {"sew_resnet34": "1", "preact_resnet34": "2"}  # the layer NIR has no node for
@@ -66,78 +68,96 @@ def test_digits_graph_is_twelve_nodes_in_a_chain(tmp_path):
                            ("2", "3.0"), ("3.0", "3.2"), ("3.2", "4"), ("4", "5"), ("5", "6"), ("6", "output")]
 
 
-def snntorch_counts(path, x: torch.Tensor, layer_names: list[str], T: int) -> tuple[np.ndarray, np.ndarray]:
-    """Run the NIR file in snnTorch, one sample at a time (NIR shapes have no batch dimension) for
-    T steps: (per-layer spike counts [B, L], time-averaged output [B, classes])."""
+def snntorch_model(path):
+    """snnTorch's import: a step ``(sample, state) -> (output, state)`` on unbatched samples, and its
+    neurons by module name."""
     import snntorch
     from snntorch.import_nir import import_from_nir
     from snntorch.utils import reset
 
     net = import_from_nir(nir.read(path))
-    lifs = {n: m for n, m in net.named_modules() if isinstance(m, snntorch.Leaky)}
-    columns = [lifs[name.replace(".", "_")] for name in layer_names]  # nirtorch's module names
-    counts, outputs = np.zeros((len(x), len(columns))), []
-    for b, sample in enumerate(x):
-        reset(net)
-        hooks = [m.register_forward_hook(lambda m, i, s, j=j, b=b: counts.__setitem__((b, j), counts[b, j] + float(s.sum())))
-                 for j, m in enumerate(columns)]
-        state, steps = None, []
-        with torch.no_grad():
-            for _ in range(T):
-                y, state = net(sample, state)
-                steps.append(y)
-        for h in hooks:
-            h.remove()
-        outputs.append(torch.stack(steps).mean(0).numpy())
-    return counts.astype(np.int64), np.stack(outputs)
+
+    def step(sample, state):
+        if state is None:
+            reset(net)
+        return net(sample, state)
+    return step, {n: m for n, m in net.named_modules() if isinstance(m, snntorch.Leaky)}
+
+
+def spikingjelly_model(path):
+    """SpikingJelly 2.0's import (``nir_exchange.import_from_nir``), fed a batch of one."""
+    from spikingjelly.activation_based.nir_exchange import from_nir
+
+    net = from_nir.import_from_nir(path, dt=DT)
+    return (lambda sample, state: net(sample[None], state),
+            {n: m for n, m in net.named_modules() if isinstance(m, from_nir._NIRStatefulModule)})
+
+
+CONSUMERS = {"snntorch": snntorch_model, "spikingjelly": spikingjelly_model}
 
 
 @torch.no_grad()
-def snnkit_one_step_at_a_time(net, x: torch.Tensor, T: int) -> tuple[np.ndarray, np.ndarray]:
-    """snnkit's folded network (the streaming graph's module) fed as the consumer is fed: one
-    sample, one step per call; a convolution can round differently with another batch size, and a
-    neuron exactly at the threshold then flips."""
-    step = one_step(net)
-    logits, counts = [], []
+def consumer_run(consumer: str, path, x: torch.Tensor, layer_names: list[str], T: int) -> tuple[dict, torch.Tensor]:
+    """Run the NIR file in a consumer, one sample at a time (NIR shapes have no batch dimension) for
+    T steps: (each layer's spikes [B, T, neurons], the time-averaged output [B, classes])."""
+    step, lifs = CONSUMERS[consumer](path)
+    columns = [lifs[name.replace(".", "_")] for name in layer_names]  # nirtorch's module names
+    seen: list[list[torch.Tensor]] = [[] for _ in columns]
+    hooks = [m.register_forward_hook(lambda m, i, s, j=j: seen[j].append(s[0] if isinstance(s, tuple) else s))
+             for j, m in enumerate(columns)]
+    outputs = []
     for sample in x:
-        states = [torch.zeros(1, *s) for s in step.state_shapes(tuple(sample.shape))]
-        ys, total = [], 0
+        state, ys = None, []
         for _ in range(T):
-            y, c, *states = step(sample[None], *states)
-            ys.append(y)
-            total = total + c
-        logits.append(torch.stack(ys).mean(0))
-        counts.append(total)
-    return torch.cat(logits).numpy(), torch.cat(counts).numpy()
+            y, state = step(sample, state)
+            ys.append(y.reshape(-1))
+        outputs.append(torch.stack(ys).mean(0))
+    for h in hooks:
+        h.remove()
+    return {name: torch.stack(s).reshape(len(x), T, -1) for name, s in zip(layer_names, seen)}, torch.stack(outputs)
 
 
-def assert_round_trip(run_dir, x: torch.Tensor) -> None:
-    """snnTorch on the exported file gives the spike counts and logits of snnkit's folded network."""
+def consumer_verdict(consumer: str, run_dir, x: torch.Tensor):
+    """The consumer's spikes and outputs judged against snnkit's network by the parity rule: a spike
+    that differs is explained only where snnkit's (float64) membrane is within its float32 rounding
+    bound of the threshold, or its input already differed."""
     ckpt = load_checkpoint(run_dir)
     net = model_from_checkpoint(ckpt)
     path = export_checkpoint(run_dir, form="nir").path
-    counts, logits = snntorch_counts(path, x, net.layer_names(), ckpt["T"])
-    ref_logits, ref_counts = snnkit_one_step_at_a_time(net, x, ckpt["T"])
-    np.testing.assert_array_equal(counts, ref_counts)
-    np.testing.assert_allclose(logits, ref_logits, atol=1e-5)
+    T = ckpt["T"]
+    spikes, logits = consumer_run(consumer, path, x, net.layer_names(), T)
+    twin = deployable(net, T, "static", probes=True)
+    own = observed_from(twin, x)  # the membranes: snnkit's float32 ones, honest by the same rule
+    spikes = {n: s.transpose(0, 1).reshape(own.spikes[n].shape).to(own.spikes[n].dtype) for n, s in spikes.items()}
+    counts = torch.stack([spikes[n].flatten(2).sum((0, 2)) for n in net.layer_names()], 1).to(torch.int64)
+    verdict = verify(twin, x, Observed(logits, counts, own.membranes, spikes)).verdict
     assert (counts.sum(0) > 0).all(), "every layer should fire, or the check is empty"
+    return verdict
 
 
-def test_snntorch_runs_the_digits_graph_spike_for_spike(tmp_path):
+def assert_round_trip(run_dir, x: torch.Tensor) -> None:
+    """snnTorch and SpikingJelly on the exported file give snnkit's spikes and logits, or differ
+    only where the parity rule explains it."""
+    for consumer in CONSUMERS:
+        verdict = consumer_verdict(consumer, run_dir, x)
+        assert verdict.passed, f"{consumer}: {verdict.first_unexplained.describe()}"
+
+
+def test_snntorch_and_spikingjelly_run_the_digits_graph(tmp_path):
     atomic_save(hard_reset_checkpoint("digits_convnet"), tmp_path / "checkpoint.pt")
     assert_round_trip(tmp_path, torch.randn(4, 1, 8, 8))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(set(MODELS.names()) - set(MAX_POOLED) - {"digits_convnet"}))
-def test_snntorch_runs_every_exportable_model_spike_for_spike(tmp_path, name):
+def test_snntorch_and_spikingjelly_run_every_exportable_model(tmp_path, name):
     ckpt = hard_reset_checkpoint(name)
     atomic_save(ckpt, tmp_path / "checkpoint.pt")
     assert_round_trip(tmp_path, torch.randn(2, *ckpt["data"]["input_shape"]))
 
 
 @pytest.mark.slow
-def test_snntorch_runs_a_trained_hard_reset_digits_model_on_the_test_set(trained_digits, tmp_path):
+def test_snntorch_and_spikingjelly_run_a_trained_hard_reset_digits_model_on_the_test_set(trained_digits, tmp_path):
     from snnkit.deploy.evaluate import evaluation_batches
 
     run = tmp_path / "run"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import onnx
@@ -14,13 +15,13 @@ import pytest
 import torch
 from torch import nn
 
-from deploy_helpers import DEFAULT_SHAPE, SHAPES, exact_input, model_and_checkpoint
+from deploy_helpers import DEFAULT_SHAPE, SHAPES, exact_input, model_and_checkpoint, observed_from
 from snnkit.checkpoint import atomic_save
 from snnkit.deploy.costs import topology
 from snnkit.deploy.evaluate import check_graph, evaluate
 from snnkit.deploy.export import check_forward, export_checkpoint
 from snnkit.deploy.graph import TimeUnrolled, deployable
-from snnkit.deploy.parity import MODULES, Bound, Observed, gamma, verify
+from snnkit.deploy.parity import MODULES, PROBABLE, Bound, gamma, sum_error, verify
 from snnkit.deploy.runtime import load_onnx
 from snnkit.models import MODELS
 from snnkit.spiking import SpikingNet, spiking_layers
@@ -117,6 +118,26 @@ def scaled(which: str, factor: float):
     return edit
 
 
+def conv_bias_raised(which: int, delta: float, channel: Optional[int] = None):
+    """Adds ``delta`` to one channel (or every channel) of the bias of a conv (-1: the middle one)."""
+    def edit(model: onnx.ModelProto) -> None:
+        convs = [n for n in model.graph.node if n.op_type == "Conv"]
+        node = convs[len(convs) // 2 if which < 0 else which]
+        b = next(i for i in model.graph.initializer if i.name == node.input[2])
+        array = onnx.numpy_helper.to_array(b).copy()
+        array[slice(None) if channel is None else channel] += np.float32(delta)
+        b.CopyFrom(onnx.numpy_helper.from_array(array, b.name))
+    return edit
+
+
+def conv_weights_scaled(which: int, factor: float):
+    def edit(model: onnx.ModelProto) -> None:
+        node = [n for n in model.graph.node if n.op_type == "Conv"][which]
+        w = next(i for i in model.graph.initializer if i.name == node.input[1])
+        w.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(w) * np.float32(factor), w.name))
+    return edit
+
+
 def one_nan(model: onnx.ModelProto) -> None:
     w = weights_of(model, "middle conv")
     array = onnx.numpy_helper.to_array(w).copy()
@@ -154,16 +175,6 @@ def test_a_graph_with_another_decay_or_fewer_steps_fails(exports, name):
     verdict = judge(net, short, 4, "static", x).verdict
     assert not verdict.passed
     assert verdict.first_unexplained.describe() == f"the graph runs 1 steps in {net.layer_names()[0]} but claims T = 4"
-
-
-def observed_from(twin: TimeUnrolled, x: torch.Tensor) -> Observed:
-    """A PyTorch twin's run as a graph's (its probes in the order of ``probe_names``)."""
-    with torch.no_grad():
-        logits, counts, *probed = twin(x)
-    u, s = iter(probed[0::2]), iter(probed[1::2])
-    membranes = {layer: torch.stack([next(u) for _ in range(twin.T)]) for layer in twin.layer_names}
-    spikes = {layer: torch.stack([next(s) for _ in range(twin.T)]) for layer in twin.layer_names}
-    return Observed(logits, counts, membranes, spikes)
 
 
 @pytest.fixture
@@ -209,14 +220,14 @@ def test_rounding_bounds_by_hand():
     fc.bias.fill_(0.5)
     y = MODULES[nn.Linear](fc, Bound.exact(torch.tensor([[3.0, 4.0]])))
     assert float(y.value) == -4.5 and float(y.cascade) == 0
-    assert float(y.rounding) == pytest.approx(2 * gamma(3) * (3 + 8 + 0.5))  # 2 products + bias
+    assert float(y.rounding) == pytest.approx(gamma(3) * (3 + 8 + 0.5))  # 2 products + bias, one side
     conv = nn.Conv2d(1, 1, 3, padding=1, bias=False)
     conv.weight.fill_(-1.0)
     flips = torch.zeros(1, 1, 3, 3)
     flips[0, 0, 0, 0] = 1.0  # one spike differed in the corner
     y = MODULES[nn.Conv2d](conv, Bound(torch.ones(1, 1, 3, 3), torch.zeros(1, 1, 3, 3), flips))
     # padding is not a synapse: a corner output sums 4 inputs, the centre 9
-    assert y.rounding[0, 0, 0, 0] == pytest.approx(2 * gamma(10) * (4 + 1)) and y.rounding[0, 0, 1, 1] == pytest.approx(2 * gamma(10) * 10)
+    assert y.rounding[0, 0, 0, 0] == pytest.approx(gamma(10) * (4 + 1)) and y.rounding[0, 0, 1, 1] == pytest.approx(gamma(10) * 10)
     assert y.cascade[0, 0].tolist() == [[1, 1, 0], [1, 1, 0], [0, 0, 0]]  # the flip reaches its neighbours
 
 
@@ -232,6 +243,39 @@ def test_the_trained_digits_model_passes_parity(trained_digits, tmp_path, form, 
     assert result.parity.passed, result.parity.verdict.first_unexplained.describe()
     assert result.parity.verdict.spikes_compared == 360 * 4 * (32 * 64 + 64 * 64 + 128 * 16)
     assert result.accuracy > 0.8 and result.parity.outputs.prediction_agreement > 0.99
+
+
+def test_a_long_sum_is_held_to_the_probabilistic_bound():
+    """Past λ² terms the bound grows as √n, not n: a 3×3 conv over 64 channels is 577 terms."""
+    assert sum_error(10) == gamma(10)
+    assert sum_error(577) == pytest.approx(PROBABLE * 577 ** 0.5 * 2.0 ** -24) and sum_error(577) < gamma(577) / 4
+
+
+@pytest.mark.parametrize("name", ["resnet19", "vgg13"])
+def test_one_bias_channel_raised_by_1e_4_fails(exports, tmp_path, name):
+    """4,076 (resnet19) and 753 (vgg13) spikes moved over 8 samples and the worst-case bound passed it."""
+    net, path = exports(name, 4, "static")
+    bad = edited(path, tmp_path / "bad.onnx", conv_bias_raised(-1, 1e-4, channel=0))
+    verdict = judge(net, bad, 4, "static", inputs(name, 4, "static")).verdict
+    assert not verdict.passed and verdict.first_unexplained.what == "membrane"
+
+
+TRAINED_CORRUPTIONS = {"third conv bias +1e-4": conv_bias_raised(2, 1e-4), "third conv bias +3e-5": conv_bias_raised(2, 3e-5),
+                       "third conv weights ×(1+3e-5)": conv_weights_scaled(2, 1 + 3e-5)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("corruption", TRAINED_CORRUPTIONS)
+def test_a_small_corruption_of_the_trained_digits_graph_fails(trained_digits, tmp_path, corruption, level):
+    """A few dozen spikes over the test set move; each was called rounding or cascade by a bound
+    two orders looser than honest rounding."""
+    run = trained_digits()
+    bad = edited(export_checkpoint(run, tmp_path / "m.onnx").path, tmp_path / "bad.onnx", TRAINED_CORRUPTIONS[corruption])
+    options = ort.SessionOptions()
+    options.graph_optimization_level = LEVELS[level]
+    verdict = evaluate(run, model=load_onnx(bad, ["CPUExecutionProvider"], options)).parity.verdict
+    assert not verdict.passed and verdict.first_unexplained.layer == "3.2"
 
 
 @pytest.mark.parametrize("name", ["digits_convnet", "resnet18"])
