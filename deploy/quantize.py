@@ -38,6 +38,7 @@ from .runtime import load_onnx
 log = logging.getLogger("snnkit.deploy")
 
 QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
+INT8_OPSET = 19  # the lowest opset at which onnx.reference (and the ONNX spec's QDQ of today) runs DequantizeLinear
 CALIBRATION_SAMPLES = 256
 CALIBRATION_BATCH = 32
 SPIKE_MAKERS = ("GreaterOrEqual", "Greater", "LessOrEqual", "Less", "Equal")  # booleans cast to 0/1
@@ -124,10 +125,24 @@ def quantize(model: onnx.ModelProto, calibration: Calibration, work: Path) -> tu
         activation_type=QuantType.QUInt8, extra_options={"TensorQuantOverrides": overrides})
     int8 = onnx.load(work / "int8.onnx")
     del int8.graph.value_info[:]  # shapes the quantizer inferred: onnxruntime infers them again
+    only_used_domains(int8)
     return int8, len(overrides)
 
 
+def only_used_domains(model: onnx.ModelProto) -> None:
+    """Drop the opset domains the quantizer declares but no node uses (training, preview, com.microsoft, ...)."""
+    used = {n.domain for n in model.graph.node} | {""}
+    kept = [o for o in model.opset_import if o.domain in used]
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+
+
 def export_int8(src: Source, out: Path, opset: int, data_root: Optional[str] = None) -> ExportResult:
+    """The int8 graph at ``opset``, raised to :data:`INT8_OPSET` where lower, so that every runtime
+    that implements the standard's QuantizeLinear/DequantizeLinear loads it."""
+    if opset < INT8_OPSET:
+        log.info("int8 graph written at opset %d, not %d: DequantizeLinear as runtimes implement it", INT8_OPSET, opset)
+        opset = INT8_OPSET
     model, twin = unrolled_graph(src, opset)
     calibration = Calibration(src, data_root)
     with tempfile.TemporaryDirectory() as tmp:
