@@ -70,6 +70,8 @@ def test_int8_graph_is_judged_on_accuracy_with_spikes_reported(run):
     assert verdict["spikes_compared"] == 360 * (512 + 1024 + 512) * 4
     assert verdict["identical"] == 1 - verdict["differing_spikes"] / verdict["spikes_compared"]
     assert 0 <= parity["outputs"]["spike_count_identity"] <= 1
+    same, differ = verdict["spikes_compared"] - verdict["differing_spikes"], verdict["differing_spikes"]
+    assert f"{same:,} of {verdict['spikes_compared']:,} ({differ:,}" in result.output  # counts, not a rounded %
 
 
 def test_operations_are_counted_on_the_int8_graphs_own_spikes(run):
