@@ -4,7 +4,11 @@ onnxruntime's static quantization (QDQ format) on the simplified float32 graph (
 traced and simplified as :mod:`snnkit.deploy.export` does it, probes kept): weights int8 per
 output channel, biases int32, the inputs and outputs of every Conv/Gemm uint8, calibrated (min-max)
 on samples of the run's own training split. Everything else (the LIF membrane, the threshold, the
-spike counts, the averaging of logits) stays float32.
+spike counts, the averaging of logits) stays float32, and so do up to :data:`MAX_FLOAT_LAYERS`
+conv/linear layers where the int8 predictions differ from float32's on more than the accuracy gate's
+fraction of held-out training samples: the layers measured most sensitive (:func:`with_fallback`;
+on the Fashion-MNIST model, the image-fed first conv). Written at opset ≥ :data:`INT8_OPSET`,
+declaring only the domains its nodes use, so that onnx.reference loads it as onnxruntime does.
 
 Exact, by construction: a tensor that holds spikes (0 or 1), or spikes averaged over a k-element
 pooling window (multiples of 1/k), or a sum of spike tensors, is given scale 1/k and zero point 0,
@@ -155,7 +159,8 @@ def logits(model: onnx.ModelProto, data: Calibration) -> np.ndarray:
 def quantized_nodes(int8: onnx.ModelProto) -> list[str]:
     """The Conv/Gemm/MatMul nodes of an int8 graph that compute on dequantized int8 inputs."""
     producer = {o: n.op_type for n in int8.graph.node for o in n.output}
-    return [n.name for n in int8.graph.node if n.op_type in QUANTIZED_OPS and producer.get(n.input[0]) == "DequantizeLinear"]
+    return [n.name for n in int8.graph.node
+            if n.op_type in QUANTIZED_OPS and producer.get(n.input[0]) == "DequantizeLinear"]
 
 
 @dataclass(frozen=True)
@@ -219,7 +224,8 @@ def export_int8(src: Source, out: Path, opset: int, data_root: Optional[str] = N
     float_bytes = len(model.SerializeToString())
     meta = {**src.metadata("int8", opset, twin.computed_once),
             "exporter": f"{EXPORTER}, then onnxruntime.quantization.quantize_static (QDQ)",
-            "quantization": {"weights": "int8 per output channel", "activations": f"uint8, {CALIBRATION_METHOD} calibrated",
+            "quantization": {"weights": "int8 per output channel",
+                             "activations": f"uint8, {CALIBRATION_METHOD} calibrated",
                              "ops": list(QUANTIZED_OPS), "calibration_samples": calibration.samples,
                              "exact_spike_tensors": exact, "float32_bytes": float_bytes,
                              "float32_layers": list(fallback.keep_float), "held_out_samples": held_out.samples,
