@@ -201,6 +201,15 @@ def with_fallback(model: onnx.ModelProto, calibration: Calibration, held_out: Ca
     return int8, exact, Fallback(keep, disagreement, sensitivity)
 
 
+def float32_modules(src: Source, nodes: tuple[str, ...]) -> list[str]:
+    """The synaptic modules (as the efficiency report names them) that graph ``nodes`` compute."""
+    modules = [s.name for s in src.topo.synaptic if any(f"/body.{s.name}/" in node for node in nodes)]
+    if len(modules) != len(nodes):
+        raise RuntimeError(f"int8: the nodes {list(nodes)} do not name one module each; this is an snnkit bug, "
+                           "please report it")
+    return modules
+
+
 def only_used_domains(model: onnx.ModelProto) -> None:
     """Drop the opset domains the quantizer declares but no node uses (training, preview, com.microsoft, ...)."""
     used = {n.domain for n in model.graph.node} | {""}
@@ -228,7 +237,8 @@ def export_int8(src: Source, out: Path, opset: int, data_root: Optional[str] = N
                              "activations": f"uint8, {CALIBRATION_METHOD} calibrated",
                              "ops": list(QUANTIZED_OPS), "calibration_samples": calibration.samples,
                              "exact_spike_tensors": exact, "float32_bytes": float_bytes,
-                             "float32_layers": list(fallback.keep_float), "held_out_samples": held_out.samples,
+                             "float32_layers": float32_modules(src, fallback.keep_float),
+                             "held_out_samples": held_out.samples,
                              "held_out_disagreement": fallback.disagreement, "sensitivity": fallback.sensitivity}}
     save_onnx(int8, meta, out)
     check_int8(out, src.example(), twin.layer_names)

@@ -260,3 +260,10 @@ def test_the_int8_graphs_picture_says_so_prices_int8_and_shows_both_points_of_ev
     np.testing.assert_allclose(snn[:, 0], [r["energy_pj"]["int8"] for r in report["synaptic_layers"]])
     np.testing.assert_allclose(ann[:, 0], [0.23 * r["ann_macs"] for r in report["synaptic_layers"]])
     assert (snn[:, 1] < ann[:, 1]).all()  # the SNN point above, the ANN point below, on every row
+    rows = report["synaptic_layers"]
+    kept = chart(report, "int8", (rows[0]["name"],))  # the analog-fed layer left in float32: priced fp32
+    snn, ann = (np.asarray(c.get_offsets())[:, 0] for c in kept.axes[2].collections[1:])
+    np.testing.assert_allclose(snn, [rows[0]["energy_pj"]["fp32"]] + [r["energy_pj"]["int8"] for r in rows[1:]])
+    np.testing.assert_allclose(ann, [4.6 * rows[0]["ann_macs"]] + [0.23 * r["ann_macs"] for r in rows[1:]])
+    assert f"{sum(snn) / 1e6:.3g} µJ vs ANN {sum(ann) / 1e6:.3g} µJ" in kept._suptitle.get_text()
+    assert "int8, 1 layer(s) fp32, 45 nm" in kept.axes[2].get_xlabel()

@@ -126,6 +126,8 @@ def test_the_float32_fallback_is_the_layer_measured_most_sensitive(tmp_path):
     assert len(fallback.keep_float) == 1 and len(fallback.sensitivity) == 4  # three convs and the classifier
     assert fallback.keep_float[0] == min(fallback.sensitivity, key=fallback.sensitivity.get)
     assert fallback.keep_float[0] not in quantized_nodes(int8)
+    module = quantize.float32_modules(src, fallback.keep_float)  # as the efficiency report names it
+    assert len(module) == 1 and module[0] in [s.name for s in src.topo.synaptic]
     assert sorted(quantized_nodes(int8) + list(fallback.keep_float)) == sorted(fallback.sensitivity)
     predicted = logits(model, held_out).argmax(1)
     assert fallback.disagreement == float((logits(int8, held_out).argmax(1) != predicted).mean())
