@@ -18,9 +18,10 @@ wall time, with the same thread count, of
   calls of a sequence with the states carried from call to call, as a deployment runs it;
 
 and the ratio sequence / (T × step), which is below 1 where the graph or the layout gains from
-running the steps together. Each graph is timed in a block of its own, not interleaved with the
-others: an onnxruntime session's threads spin after each call, and interleaved sessions' spinning
-threads took the cores from each other (digits at batch 64 measured 2.5-4× slower interleaved).
+running the steps together. The contenders are interleaved, one call of each in every round, so
+that a change in the machine's load hits them all alike; the sessions' threads do not spin after a
+call (``session.intra_op.allow_spinning`` 0), so that one session's idle threads do not take the
+cores from the next contender.
 Writes JSON and prints two markdown tables.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine, markdown_table, median_seconds, write_json  # noqa: E402
+from common import interleaved_medians, machine, markdown_table, write_json  # noqa: E402
 
 from snnkit.checkpoint import atomic_save, load_checkpoint, make_checkpoint, model_from_checkpoint  # noqa: E402
 from snnkit.data import DATASETS, DataBundle, register_dataset  # noqa: E402
@@ -81,6 +82,7 @@ def bench_checkpoint(path: Path, batches: list[int], repeats: int, threads: int,
     kind, shape = ckpt["data"]["kind"], tuple(ckpt["data"]["input_shape"])
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # idle threads leave the cores
     files = {"sequence": export_checkpoint(path, tmp / "sequence.onnx").path, "step": one_step_graph(ckpt, tmp / "step"),
              "int8": export_checkpoint(path, tmp / "int8.onnx", form="int8", data_root=data_root).path,
              "streaming": export_checkpoint(path, tmp / "streaming.onnx", form="streaming").path}
@@ -95,15 +97,15 @@ def bench_checkpoint(path: Path, batches: list[int], repeats: int, threads: int,
         for label, t in (("sequence", steps), ("step", 1)):
             x_seq[label] = x.unsqueeze(0).expand(t, *x.shape) if kind == "static" else torch.randn(t, batch, *shape)
             feeds[label] = (x if kind == "static" else x_seq[label]).numpy()
-            with torch.no_grad():
-                row[f"torch_{label}_ms"] = 1e3 * median_seconds(lambda: net(x_seq[label]), 3, repeats, CPU)
         one_call = {**streaming.feed(x_seq["step"][0].numpy()), **streaming.initial_states(batch)}
-        calls = {"onnx_step_ms": lambda: graphs["step"].run(feeds["step"]),
+        calls = {"torch_step_ms": lambda: net(x_seq["step"]), "torch_sequence_ms": lambda: net(x_seq["sequence"]),
+                 "onnx_step_ms": lambda: graphs["step"].run(feeds["step"]),
                  "onnx_sequence_ms": lambda: graphs["sequence"].run(feeds["sequence"]),
                  "int8_sequence_ms": lambda: graphs["int8"].run(feeds["sequence"]),
                  "streaming_step_ms": lambda: streaming.session.run(OUTPUTS, one_call),
                  "streaming_sequence_ms": lambda: streaming.run(feeds["sequence"])}
-        row.update({key: 1e3 * median_seconds(call, 3, repeats, CPU) for key, call in calls.items()})
+        with torch.no_grad():
+            row.update({key: 1e3 * s for key, s in interleaved_medians(calls, 3, repeats, CPU).items()})
         row["onnx_sequence_over_T_steps"] = row["onnx_sequence_ms"] / (steps * row["onnx_step_ms"])
         row["speedup_sequence"] = row["torch_sequence_ms"] / row["onnx_sequence_ms"]
         row["int8_speedup"] = row["onnx_sequence_ms"] / row["int8_sequence_ms"]

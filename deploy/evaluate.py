@@ -109,6 +109,7 @@ class EvalResult:
     providers: list[str] = field(default_factory=list)
     form: str = "checkpoint"  # or the graph's: "unrolled", "streaming", "int8"
     accuracy_per_step: Optional[list[float]] = None  # a streaming graph's, after t = 1..T steps
+    float32_layers: tuple[str, ...] = ()  # an int8 graph's synaptic layers it computes in float32
 
 
 @torch.no_grad()
@@ -265,4 +266,5 @@ def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path]
                       efficiency_report(topo, checked.tally, once, **describe),
                       Parity(T, checked.verdict, agreement(checked.twin, checked.graph, topo.layer_names), gate),
                       agreement(ref, checked.twin, topo.layer_names), model.providers, model.form,
-                      checked.graph.accuracy_per_step())
+                      checked.graph.accuracy_per_step(),
+                      tuple((model.meta or {}).get("quantization", {}).get("float32_layers", ())))

@@ -33,7 +33,8 @@ def parity_table(p: Parity) -> Table:
     for col in ("check", "measured"):
         table.add_column(col)
     table.add_row("spikes compared (neurons × steps × samples)", f"{v.spikes_compared:,}")
-    table.add_row("identical spikes", f"{v.identical:.4%}")
+    table.add_row("identical spikes", f"{v.spikes_compared - v.differing_spikes:,} of {v.spikes_compared:,} "
+                  f"({v.differing_spikes:,} differ)")
     if p.max_accuracy_drop is None:  # an int8 graph's membranes differ by its rounding, beyond float32's bounds
         first = v.first_explained
         table.add_row("explained differences", f"{v.explained:,} ({v.rounding_flips:,} rounding, "
@@ -130,9 +131,19 @@ def bars(ax, names: list[str], values: list[float], color, xlabel: str, title: s
     ax.set_title(title, fontsize=10)
 
 
-def chart(report: dict, preset: str = "fp32") -> Figure:
+FORM_TITLES = {"checkpoint": "PyTorch checkpoint", "unrolled": "unrolled float32 graph",
+               "streaming": "streaming float32 graph", "int8": "int8 graph"}
+PRICES = {"int8": "int8"}  # the energy preset a form's synaptic operations are priced at; fp32 otherwise
+ROW_OFFSET = 0.15  # the SNN point sits this far above its row, the ANN point below: equal values stay visible
+
+
+def chart(report: dict, form: str = "checkpoint", float32_layers: tuple[str, ...] = ()) -> Figure:
     """Firing rate per spiking layer; per synaptic layer its accumulates, and its energy in the SNN
-    against the ANN: energy is the one axis where accumulates and MACs meet, each at its own price."""
+    against the ANN: energy is the one axis where accumulates and MACs meet, each at its own price,
+    the price of the precision ``form`` computes that layer in (an int8 graph's at int8, except its
+    ``float32_layers``); the ANN's layer at the same precision."""
+    preset = PRICES.get(form, "fp32")
+    presets = ["fp32" if r["name"] in float32_layers else preset for r in report["synaptic_layers"]]
     spiking, synaptic = report["spiking_layers"], report["synaptic_layers"]
     fig = Figure(figsize=(15, 2.2 + 0.2 * max(len(spiking), len(synaptic), 6)), layout="constrained")
     FigureCanvasAgg(fig)
@@ -150,32 +161,32 @@ def chart(report: dict, preset: str = "fp32") -> Figure:
             ac_ax.text(0.01, i, f"analog input: {r['macs_per_sample']:,.0f} MACs ({runs(r)})",
                        transform=ac_ax.get_yaxis_transform(), va="center", fontsize=7, color="dimgray")
 
-    snn = [r["energy_pj"][preset] for r in synaptic]
-    ann = [r["ann_macs"] * ENERGY_PJ[preset][1] for r in synaptic]
+    snn = [r["energy_pj"][p] for r, p in zip(synaptic, presets)]
+    ann = [r["ann_macs"] * ENERGY_PJ[p][1] for r, p in zip(synaptic, presets)]
     y = np.arange(len(synaptic))
     energy_ax.hlines(y, np.minimum(snn, ann), np.maximum(snn, ann), color="lightgray", zorder=1)
-    energy_ax.scatter(snn, y, c=["tab:gray" if a else "tab:orange" for a in analog], zorder=2)
-    energy_ax.scatter(ann, y, marker="D", c="tab:purple", zorder=2)
+    energy_ax.scatter(snn, y - ROW_OFFSET, c=["tab:gray" if a else "tab:orange" for a in analog], zorder=2)
+    energy_ax.scatter(ann, y + ROW_OFFSET, marker="D", c="tab:purple", zorder=2)
     energy_ax.set_yticks(y, [])  # the same rows as the accumulates panel beside it
     energy_ax.set_ylim(len(names) - 0.5, -0.5)
-    energy_ax.set(xscale="log", xlabel=f"energy per sample (pJ, {preset}, 45 nm, log scale)")
+    prices = preset + (f", {len(float32_layers)} layer(s) fp32" if float32_layers else "")
+    energy_ax.set(xscale="log", xlabel=f"energy per sample (pJ, {prices}, 45 nm, log scale)")
     energy_ax.set_title("synaptic layers: energy, SNN vs ANN", fontsize=10)
     fig.legend(handles=[Line2D([], [], ls="", marker="o", color="tab:orange", label="SNN, accumulates"),
                               Line2D([], [], ls="", marker="o", color="tab:gray", label="SNN, MACs (analog input)"),
                               Line2D([], [], ls="", marker="D", color="tab:purple", label="ANN, MACs")],
                fontsize=8, loc="outside lower right", ncol=3)
-    e = report["energy"][preset]
-    fig.suptitle(f"{report['model']} on {report['dataset']}, T = {report['T']}: energy per sample SNN "
-                 f"{e['snn_pj'] / 1e6:.3g} µJ vs ANN {e['ann_pj'] / 1e6:.3g} µJ (SNN/ANN {e['snn_over_ann']:.2f}, "
-                 f"{preset}, 45 nm)\nmean firing rate {report['firing_rate']:.3f}; per sample "
+    fig.suptitle(f"{report['model']} on {report['dataset']}, {FORM_TITLES.get(form, form)}, T = {report['T']}: "
+                 f"energy per sample SNN {sum(snn) / 1e6:.3g} µJ vs ANN {sum(ann) / 1e6:.3g} µJ "
+                 f"(SNN/ANN {sum(snn) / sum(ann):.2f}, {prices}, 45 nm)\nmean firing rate {report['firing_rate']:.3f}; per sample "
                  f"{report['acs_per_sample']:,.0f} accumulates + {report['macs_per_sample']:,.0f} MACs, "
                  f"the ANN {report['ann_macs_per_sample']:,} MACs", fontsize=11)
     return fig
 
 
-def chart_png(report: dict) -> bytes:
+def chart_png(report: dict, form: str, float32_layers: tuple[str, ...] = ()) -> bytes:
     buf = io.BytesIO()
-    chart(report).savefig(buf, format="png", dpi=110)
+    chart(report, form, float32_layers).savefig(buf, format="png", dpi=110)
     return buf.getvalue()
 
 
@@ -201,7 +212,7 @@ def write_report(result: EvalResult, out_dir: str | Path) -> tuple[Path, ...]:
     """``efficiency.json`` and ``efficiency.png`` in ``out_dir``; ``early_exit.png`` for a streaming graph."""
     out_dir = Path(out_dir)
     js = atomic_write(out_dir / "efficiency.json", json.dumps(result_dict(result), indent=2).encode())
-    png = atomic_write(out_dir / "efficiency.png", chart_png(result.report))
+    png = atomic_write(out_dir / "efficiency.png", chart_png(result.report, result.form, result.float32_layers))
     if result.accuracy_per_step is None:
         return js, png
     title = f"{result.report['model']} on {result.dataset}: early exit, streaming graph, T = {result.T}"

@@ -236,7 +236,7 @@ def test_the_picture_keeps_accumulates_and_macs_apart():
     _, report, _ = run(body, 3 * torch.rand(4, 1, 4, 4))
     fig = chart(report)
     rate_ax, ac_ax, energy_ax = fig.axes
-    assert fig._suptitle.get_text().startswith("test on hand, T = 4: energy per sample SNN ")
+    assert fig._suptitle.get_text().startswith("test on hand, PyTorch checkpoint, T = 4: energy per sample SNN ")
     assert [t.get_text() for t in ac_ax.get_yticklabels()] == [r["label"] for r in report["synaptic_layers"]]
     widths = [p.get_width() for p in ac_ax.patches]
     assert widths == [r["acs_per_sample"] for r in report["synaptic_layers"]]
@@ -245,3 +245,25 @@ def test_the_picture_keeps_accumulates_and_macs_apart():
     snn, ann = (np.asarray(c.get_offsets())[:, 0] for c in energy_ax.collections[1:])
     np.testing.assert_allclose(snn, [r["energy_pj"]["fp32"] for r in report["synaptic_layers"]])
     np.testing.assert_allclose(ann, [4.6 * r["ann_macs"] for r in report["synaptic_layers"]])
+
+
+def test_the_int8_graphs_picture_says_so_prices_int8_and_shows_both_points_of_every_row():
+    """An analog-fed layer computed once costs the SNN what it costs the ANN: both points stay visible."""
+    torch.manual_seed(0)
+    body = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), LIF(NEURON), nn.Flatten(), nn.Linear(2 * 4 * 4, 3))
+    _, report, _ = run(body, 3 * torch.rand(4, 1, 4, 4))
+    fig = chart(report, "int8")
+    energy_ax = fig.axes[2]
+    assert fig._suptitle.get_text().startswith("test on hand, int8 graph, T = 4: energy per sample SNN ")
+    assert "int8, 45 nm" in energy_ax.get_xlabel()
+    snn, ann = (np.asarray(c.get_offsets()) for c in energy_ax.collections[1:])
+    np.testing.assert_allclose(snn[:, 0], [r["energy_pj"]["int8"] for r in report["synaptic_layers"]])
+    np.testing.assert_allclose(ann[:, 0], [0.23 * r["ann_macs"] for r in report["synaptic_layers"]])
+    assert (snn[:, 1] < ann[:, 1]).all()  # the SNN point above, the ANN point below, on every row
+    rows = report["synaptic_layers"]
+    kept = chart(report, "int8", (rows[0]["name"],))  # the analog-fed layer left in float32: priced fp32
+    snn, ann = (np.asarray(c.get_offsets())[:, 0] for c in kept.axes[2].collections[1:])
+    np.testing.assert_allclose(snn, [rows[0]["energy_pj"]["fp32"]] + [r["energy_pj"]["int8"] for r in rows[1:]])
+    np.testing.assert_allclose(ann, [4.6 * rows[0]["ann_macs"]] + [0.23 * r["ann_macs"] for r in rows[1:]])
+    assert f"{sum(snn) / 1e6:.3g} µJ vs ANN {sum(ann) / 1e6:.3g} µJ" in kept._suptitle.get_text()
+    assert "int8, 1 layer(s) fp32, 45 nm" in kept.axes[2].get_xlabel()

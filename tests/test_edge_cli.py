@@ -12,6 +12,7 @@ import pytest
 
 from deploy_helpers import invoke
 from snnkit.checkpoint import load_checkpoint
+from snnkit.deploy import quantize
 from snnkit.deploy.evaluate import evaluate, evaluation_batches
 from snnkit.deploy.runtime import load_onnx
 
@@ -70,9 +71,12 @@ def test_int8_graph_is_judged_on_accuracy_with_spikes_reported(run):
     assert verdict["spikes_compared"] == 360 * (512 + 1024 + 512) * 4
     assert verdict["identical"] == 1 - verdict["differing_spikes"] / verdict["spikes_compared"]
     assert 0 <= parity["outputs"]["spike_count_identity"] <= 1
+    same, differ = verdict["spikes_compared"] - verdict["differing_spikes"], verdict["differing_spikes"]
+    assert f"{same:,} of {verdict['spikes_compared']:,} ({differ:,}" in result.output  # counts, not a rounded %
 
 
-def test_operations_are_counted_on_the_int8_graphs_own_spikes(run):
+def test_operations_are_counted_on_the_int8_graphs_own_spikes(run, monkeypatch):
+    monkeypatch.setattr(quantize, "MAX_FLOAT_LAYERS", 0)  # all in int8: its spikes differ most from float32's
     assert invoke("export", "--quantize", "int8").exit_code == 0
     result = evaluate(onnx="runs/latest/model_int8.onnx")
     model = load_onnx("runs/latest/model_int8.onnx")

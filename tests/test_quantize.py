@@ -17,7 +17,9 @@ from snnkit.data import DATASETS, DataBundle, register_dataset
 from snnkit.deploy.costs import ANALOG
 from snnkit.deploy.evaluate import evaluate
 from snnkit.deploy.export import Source, export_checkpoint, unrolled_graph
-from snnkit.deploy.quantize import Calibration, exact_overrides, spike_grids
+from snnkit.deploy import quantize
+from snnkit.deploy.quantize import (Calibration, exact_overrides, logits, quantized_nodes, spike_grids,
+                                    with_fallback)
 from snnkit.deploy.runtime import FORM_KEYS, META_KEYS, load_onnx
 from snnkit.errors import DataError
 from snnkit.models import MODELS
@@ -27,13 +29,15 @@ def initializers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
 
 
-def test_spike_inputs_are_quantized_exactly_and_weights_per_channel(tmp_path):
+def test_spike_inputs_are_quantized_exactly_and_weights_per_channel(tmp_path, monkeypatch):
+    monkeypatch.setattr(quantize, "MAX_FLOAT_LAYERS", 0)  # every conv/linear layer in int8
     _, ckpt = model_and_checkpoint("digits_convnet", width=1.0)
     atomic_save(ckpt, tmp_path / "checkpoint.pt")
     result = export_checkpoint(tmp_path, form="int8")
     model, meta = onnx.load(result.path), load_onnx(result.path).meta
     init, producer = initializers(model), {o: n for n in model.graph.node for o in n.output}
     assert meta["format"] == "int8" and meta["quantization"]["calibration_samples"] == 256
+    assert meta["quantization"]["float32_layers"] == [] and meta["opset"] == 19
     assert {p.key for p in model.metadata_props} == {*META_KEYS, *FORM_KEYS["int8"]}
     conv_inputs = {}  # the quantized value feeding each Conv/Gemm: (scale, zero point)
     for node in model.graph.node:
@@ -107,3 +111,24 @@ def test_event_input_is_calibrated_and_judged_frame_by_frame(tmp_path):
     result = evaluate(onnx=export_checkpoint(tmp_path, form="int8").path)
     assert result.form == "int8" and result.parity.max_accuracy_drop == 0.005
     assert result.parity.verdict.spikes_compared == 40 * 4 * (4 * 64 + 8 * 64 + 16 * 16)
+
+
+def test_the_float32_fallback_is_the_layer_measured_most_sensitive(tmp_path):
+    """A random digits model's int8 predictions differ from float32's on many samples; with one
+    layer allowed back in float32, the one chosen is the one whose fallback leaves the smallest
+    logit error on the held-out samples, and the graph then computes that layer on float inputs."""
+    _, ckpt = model_and_checkpoint("digits_convnet", width=1.0, exact=False)
+    atomic_save(ckpt, tmp_path / "checkpoint.pt")
+    src = Source.load(tmp_path)
+    model = unrolled_graph(src, 19)[0]
+    calibration, held_out = Calibration(src, None, 64), Calibration(src, None, 128, skip=64)
+    int8, _, fallback = with_fallback(model, calibration, held_out, tmp_path, "MinMax", 0.0, 1)
+    assert len(fallback.keep_float) == 1 and len(fallback.sensitivity) == 4  # three convs and the classifier
+    assert fallback.keep_float[0] == min(fallback.sensitivity, key=fallback.sensitivity.get)
+    assert fallback.keep_float[0] not in quantized_nodes(int8)
+    module = quantize.float32_modules(src, fallback.keep_float)  # as the efficiency report names it
+    assert len(module) == 1 and module[0] in [s.name for s in src.topo.synaptic]
+    assert sorted(quantized_nodes(int8) + list(fallback.keep_float)) == sorted(fallback.sensitivity)
+    predicted = logits(model, held_out).argmax(1)
+    assert fallback.disagreement == float((logits(int8, held_out).argmax(1) != predicted).mean())
+    assert held_out.samples == 128 and not np.array_equal(held_out.inputs[0][:64], calibration.inputs[0])
