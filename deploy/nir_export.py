@@ -57,6 +57,9 @@ def lif_node(m: LIF, shape: tuple[int, ...], name: str):
     if p.reset != "hard":
         raise NirUnsupported("NIR's LIF resets to v_reset after a spike and cannot express snnkit's soft reset "
                              "(subtract V_th); train with `--set neuron.reset=hard` to export to NIR")
+    if p.decay == 1.0:
+        raise NirUnsupported(f"layer {name} integrates without leak (decay 1, an IF neuron), which NIR's LIF "
+                             "cannot state (its τ would be infinite); export it as ONNX")
     full = partial(np.full, shape, dtype=np.float32)
     tau = DT / (1.0 - p.decay)
     return nir.LIF(tau=full(tau), r=full(tau / DT), v_leak=full(0.0), v_threshold=full(p.v_threshold),
