@@ -5,7 +5,7 @@ channel counts, for tiny test models) and returns the flat body. Importing this 
 every architecture module so they register themselves.
 
 A name with a colon is a model of the user's own (``spikingjelly:sew_resnet18``,
-``package.module:function``, ``path/to/file.py:function``; see :mod:`snnkit.convert.names`), built
+``package.module:function``, ``path/to/file.py:function``; see :mod:`snnkit.conversion.names`), built
 with ``kwargs`` and converted; its neurons and size come from the model, not from ``neuron`` and
 ``width``. A model read back from a checkpoint or a run's config imports user code only inside
 :func:`naming` blocks that name it.
@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
-from ..convert import convert
-from ..convert.names import build_user_model, is_external, is_user_code
+from ..conversion import convert
+from ..conversion.names import build_user_model, is_external, is_user_code
 from ..errors import CheckpointError, ConfigError
 from ..neuron import NeuronParams
 from ..registry import Registry

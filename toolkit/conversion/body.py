@@ -43,12 +43,14 @@ FLATTENS = {torch.flatten}
 PRODUCT_METHODS = {"mul", "sub", "div"}
 
 
-def voting(features: int, size: int) -> nn.Linear:
-    """SpikingJelly's ``VotingLayer(size)`` on ``features`` inputs, the mean of each group of ``size``
-    consecutive ones, as a fixed linear layer (not trained)."""
+def voting(upstream: nn.Linear, size: int) -> nn.Linear:
+    """SpikingJelly's ``VotingLayer(size)`` reading ``upstream``'s features, the mean of each group of
+    ``size`` consecutive ones, as a fixed linear layer (not trained)."""
+    features = upstream.out_features
     if features % size:
         raise ConversionError(f"a VotingLayer of size {size} gets {features} features, not a whole number of groups")
-    layer = nn.Linear(features, features // size, bias=False)
+    layer = nn.Linear(features, features // size, bias=False, dtype=upstream.weight.dtype,
+                      device=upstream.weight.device)
     layer.weight.requires_grad_(False)
     with torch.no_grad():
         layer.weight.copy_(torch.eye(features // size).repeat_interleave(size, dim=1) / size)
@@ -95,11 +97,33 @@ class Tables:
         return type(m) in self.neurons or type(m) in self.stateless
 
 
+def stateful_types() -> tuple[type, ...]:
+    """The base classes of the layers that keep a state over time steps, in the installed libraries."""
+    kinds: list[type] = []
+    try:
+        from spikingjelly.activation_based.base import MemoryModule
+        kinds.append(MemoryModule)
+    except ImportError:
+        pass
+    try:
+        from snntorch._neurons.neurons import SpikingNeuron
+        kinds.append(SpikingNeuron)
+    except ImportError:
+        pass
+    return tuple(kinds)
+
+
 def check_modules(model: nn.Module, tables: Tables) -> None:
     """Every leaf (a module without children, or a neuron) is in a table."""
+    stateful = stateful_types()
+
     def walk(m: nn.Module, path: str) -> None:
         if tables.knows(m):
             return
+        if isinstance(m, stateful):
+            raise ConversionError(f"{path or 'the model'} ({type(m).__name__}) keeps a state over time steps and is "
+                                  "not a neuron snnkit converts exactly (SpikingJelly LIFNode/IFNode, snnTorch "
+                                  "Leaky); replace it")
         children = list(m.named_children())
         if not children:
             raise ConversionError(f"{path or 'the model'} ({type(m).__name__}) is not a layer snnkit converts "
@@ -204,8 +228,8 @@ def fold_pairs(graph: fx.Graph, modules: dict[str, nn.Module]) -> dict[str, str]
     return renamed
 
 
-def input_features(work: nn.Module, graph: fx.Graph, node: fx.Node) -> int:
-    """The feature count reaching ``node`` (its input's last axis), from the nearest Linear upstream."""
+def upstream_linear(work: nn.Module, node: fx.Node) -> nn.Linear:
+    """The nearest Linear layer upstream of ``node``, whose features reach it."""
     src = node.args[0]
     while isinstance(src, fx.Node) and not (src.op == "call_module" and isinstance(
             work.get_submodule(src.target), nn.Linear)):
@@ -213,7 +237,7 @@ def input_features(work: nn.Module, graph: fx.Graph, node: fx.Node) -> int:
     if src is None:
         raise ConversionError(f"{node.target} (VotingLayer) does not follow a Linear layer; snnkit converts a "
                               "VotingLayer that reads a Linear layer's neurons")
-    return work.get_submodule(src.target).out_features
+    return work.get_submodule(src.target)
 
 
 def rebuild(graph: fx.Graph, work: nn.Module, tables: Tables) -> tuple[dict[str, nn.Module], dict[str, None]]:
@@ -228,7 +252,7 @@ def rebuild(graph: fx.Graph, work: nn.Module, tables: Tables) -> tuple[dict[str,
         if type(m) in tables.neurons:
             modules[node.target] = LIF(tables.neurons[type(m)](node.target, m))
         elif isinstance(m, VotingLayer):
-            modules[node.target] = voting(input_features(work, graph, node), m.voting_size)
+            modules[node.target] = voting(upstream_linear(work, node), m.voting_size)
             added[node.target] = None
         else:
             modules[node.target] = tables.stateless[type(m)](node.target, m)

@@ -8,7 +8,7 @@
 ``model.kwargs`` are the function's keyword arguments. For the zoo, ``spiking_neuron`` may name a
 neuron (``LIFNode``) or be a mapping ``{type: LIFNode, tau: 2.0, ...}`` whose other keys go to every
 neuron, and ``surrogate_function`` (there or at the top level) names ``Sigmoid`` or ``ATan``, or is
-``{name: ATan, alpha: 2.0}``. The returned model is converted with :func:`snnkit.convert.convert`.
+``{name: ATan, alpha: 2.0}``. The returned model is converted with :func:`snnkit.conversion.convert`.
 
 Importing a module runs its code. A checkpoint or a run's config is data, so snnkit imports the
 module a ``package.module:`` or ``file.py:`` name points at only when the user names it too
