@@ -115,10 +115,12 @@ def zoo_neuron(value: Any):
     return functools.partial(getattr(neuron, kind), **params)
 
 
-def zoo_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+def zoo_kwargs(fn: str, kwargs: dict[str, Any]) -> dict[str, Any]:
     out = dict(kwargs)
-    if "spiking_neuron" in out:
-        out["spiking_neuron"] = zoo_neuron(out["spiking_neuron"])
+    if "spiking_neuron" not in out:
+        raise ConfigError(f"{ZOO}:{fn} needs its neuron: set model.kwargs.spiking_neuron to one of "
+                          f"{', '.join(ZOO_NEURONS)} or {{type: LIFNode, tau: 2.0, ...}}")
+    out["spiking_neuron"] = zoo_neuron(out["spiking_neuron"])
     if "surrogate_function" in out:
         out["surrogate_function"] = zoo_surrogate(out["surrogate_function"])
     return out
@@ -127,7 +129,7 @@ def zoo_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 def build_user_model(name: str, kwargs: dict[str, Any]) -> nn.Module:
     """The ``nn.Module`` that ``name`` (see the module docstring) builds with ``kwargs``."""
     where, _, fn = name.rpartition(":")
-    builder, args = (zoo_builder(fn), zoo_kwargs(kwargs)) if where == ZOO else (user_function(name), dict(kwargs))
+    builder, args = (zoo_builder(fn), zoo_kwargs(fn, kwargs)) if where == ZOO else (user_function(name), dict(kwargs))
     try:
         inspect.signature(builder).bind(**args)
     except TypeError as e:
