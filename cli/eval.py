@@ -25,13 +25,18 @@ def eval_command(
     max_accuracy_drop: Annotated[float, typer.Option(
         help="An int8 graph's gate: its largest accuracy drop against float32 (0.005 is 0.5 pp).")]
     = MAX_ACCURACY_DROP,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="Import this model of your own (package.module:function or file.py:function) when the "
+                        "checkpoint names it. Importing runs that code: naming it is your own act, and a "
+                        "checkpoint alone never imports anything.")] = None,
 ) -> None:
     """Test accuracy and spike efficiency; with --onnx, parity of the graph with PyTorch, spike by spike."""
     from snnkit.deploy.evaluate import evaluate
+    from snnkit.models import naming
     from snnkit.deploy.report import (early_exit_table, efficiency_table, energy_lines, folding_line, parity_table,
                                       write_report)
 
-    with user_errors():
+    with user_errors(), naming(model):
         result = evaluate(checkpoint or run, onnx, data_root, batch_size, max_accuracy_drop=max_accuracy_drop)
         files = write_report(result, report_dir) if report_dir is not None else ()
     side = f"ONNX {result.form} graph ({', '.join(result.providers)})" if onnx is not None else "PyTorch"

@@ -39,14 +39,19 @@ def export(
     = Format.onnx,
     data_root: Annotated[Optional[str], typer.Option(
         help="With --quantize: where the training data is (datasets with files).")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="Import this model of your own (package.module:function or file.py:function) when the "
+                        "checkpoint names it. Importing runs that code: naming it is your own act, and a "
+                        "checkpoint alone never imports anything.")] = None,
 ) -> None:
     """Export a trained model to a time-unrolled ONNX graph with per-layer spike counts, or an edge form."""
     from snnkit.deploy.export import export_checkpoint
     from snnkit.errors import SnnkitError
+    from snnkit.models import naming
 
     forms = [f for f, on in (("streaming", streaming), ("int8", quantize is not None),
                              ("nir", format is Format.nir)) if on]
-    with user_errors():
+    with user_errors(), naming(model):
         if len(forms) > 1:
             raise SnnkitError(f"{' and '.join(forms)} are separate forms; export them one at a time")
         r = export_checkpoint(run, output, opset, T, form=forms[0] if forms else "unrolled", data_root=data_root)

@@ -26,15 +26,24 @@ def train(
         "--set", help="Override any config key: --set section.key=value (repeatable).")] = None,
     resume: Annotated[Optional[Path], typer.Option(
         help="Continue the run in this directory from its last checkpoint.")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", help="With --resume: import this model of your own (package.module:function or "
+                        "file.py:function) that the run names. Importing runs that code: naming it is your own "
+                        "act, and a run's files alone never import anything.")] = None,
 ) -> None:
     """Train a spiking network. Precedence: defaults < recipe YAML < --set and the options above.
     Under ``torchrun --nproc_per_node=N``, data.batch_size is the global batch over the N processes."""
+    from snnkit.errors import ConfigError
+    from snnkit.models import naming
     from snnkit.training import resume as resume_run, train as train_run
     from snnkit.training.distributed import is_main_process
 
     with user_errors():
+        if model is not None and resume is None:
+            raise ConfigError(f"--model is for --resume; to train {model}, give --set model.name={model}")
         if resume is not None:
-            result = resume_run(resume)
+            with naming(model):
+                result = resume_run(resume)
         else:
             flags = {"method.name": method, "optim.epochs": epochs, "method.T": T, "run.device": device,
                      "run.amp": amp, "run.seed": seed, "run.name": name}

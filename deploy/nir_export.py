@@ -58,6 +58,8 @@ def lif_node(m: LIF, shape: tuple[int, ...], name: str):
         raise NirUnsupported("NIR's LIF resets to v_reset after a spike and cannot express snnkit's soft reset "
                              "(subtract V_th); train with `--set neuron.reset=hard` to export to NIR")
     full = partial(np.full, shape, dtype=np.float32)
+    if p.decay == 1.0:  # no leak: NIR's IF, dv/dt = r·I, stepped by forward Euler as v ← v + dt·r·I
+        return nir.IF(r=full(1.0 / DT), v_threshold=full(p.v_threshold), v_reset=full(p.v_reset))
     tau = DT / (1.0 - p.decay)
     return nir.LIF(tau=full(tau), r=full(tau / DT), v_leak=full(0.0), v_threshold=full(p.v_threshold),
                    v_reset=full(p.v_reset))
@@ -139,7 +141,8 @@ def nir_graph(gm: fx.GraphModule, input_shape: tuple[int, ...], metadata: dict):
 
 def export_nir(src: Source, out: Path, opset: Optional[int] = None, data_root: Optional[str] = None) -> ExportResult:
     meta = {**src.metadata("nir", None, ()), "exporter": f"snnkit's NIR writer, nir {nir.version}", "dt": DT,
-            "neuron_mapping": "tau = dt / (1 - decay), r = tau / dt, v_leak = 0 (forward Euler with step dt)",
+            "neuron_mapping": "tau = dt / (1 - decay), r = tau / dt, v_leak = 0 (forward Euler with step dt); "
+                              "decay 1 is an IF node with r = 1 / dt",
             "readout": "the output node is the classifier's value at each step; the logits are its mean "
                        "over the T steps"}
     step = one_step(src.net)

@@ -102,5 +102,5 @@ def test_spikingjelly_fused_lif_agrees_with_reference(reset, detach):
 def test_invalid_neuron_parameters_name_the_choices():
     with pytest.raises(ValueError, match="neuron.reset must be one of"):
         NeuronParams(reset="medium")
-    with pytest.raises(ValueError, match=r"neuron.decay must be in \[0, 1\)"):
-        NeuronParams(decay=1.0)
+    with pytest.raises(ValueError, match=r"neuron.decay must be in \[0, 1\]"):
+        NeuronParams(decay=1.5)

@@ -14,7 +14,7 @@ import torch
 from . import __version__
 from .errors import CheckpointError, one_line
 from .files import atomic_write_with
-from .models import ModelSpec, build_model
+from .models import ModelSpec, build_model, require_named
 from .spiking import SpikingNet
 
 FORMAT = "snnkit.checkpoint"
@@ -87,6 +87,7 @@ def model_from_checkpoint(ckpt: dict) -> SpikingNet:
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"the checkpoint's model spec is damaged ({type(e).__name__}: {e}); "
                               "use another checkpoint of the run (best.pt) or retrain") from None
+    require_named(spec.name, "the checkpoint")
     net = build_model(spec)
     try:
         net.load_state_dict(ckpt["state_dict"])

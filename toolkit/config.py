@@ -45,8 +45,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "digits_convnet"
-    width: float = 1.0  # multiplier on every channel count
+    name: str = "digits_convnet"  # a registered model, or package.module:function, file.py:function, spikingjelly:NAME
+    width: float = 1.0  # multiplier on every channel count (snnkit's own models)
+    kwargs: dict = field(default_factory=dict)  # keyword arguments of a model of your own
 
     def __post_init__(self):
         require(self.width > 0, "model.width", "positive", self.width)

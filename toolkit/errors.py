@@ -36,3 +36,7 @@ class WriteError(SnnkitError):
 
 class DivergedError(SnnkitError):
     """Training produced a non-finite loss or weight."""
+
+
+class ConversionError(SnnkitError, ValueError):
+    """A model that snnkit cannot convert exactly; the message names the module's path and type."""

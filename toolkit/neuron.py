@@ -23,7 +23,7 @@ SpikeFn = Callable[[torch.Tensor], torch.Tensor]
 class NeuronParams:
     """LIF parameters; the defaults are the paper's recipe."""
 
-    decay: float = 0.2  # λ, the fraction of potential retained per step
+    decay: float = 0.2  # λ, the fraction of potential retained per step; 1: integrate-and-fire (no leak)
     v_threshold: float = 1.0
     reset: str = "soft"  # "soft" or "hard"
     v_reset: float = 0.0  # used by the hard reset only
@@ -32,8 +32,8 @@ class NeuronParams:
     alpha: float = 4.0
 
     def __post_init__(self):
-        if not 0.0 <= self.decay < 1.0:
-            raise ValueError(f"neuron.decay must be in [0, 1), got {self.decay}")
+        if not 0.0 <= self.decay <= 1.0:
+            raise ValueError(f"neuron.decay must be in [0, 1], got {self.decay}")
         if self.v_threshold <= 0:
             raise ValueError(f"neuron.v_threshold must be positive, got {self.v_threshold}")
         if self.reset not in RESETS:

@@ -5,6 +5,8 @@ Evaluation and export call :func:`heaviside` directly.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .registry import Registry
@@ -21,17 +23,25 @@ def sigmoid_grad(x: torch.Tensor, alpha: float) -> torch.Tensor:
     return alpha * sig * (1.0 - sig)
 
 
-class _SigmoidSpike(torch.autograd.Function):
+def atan_grad(x: torch.Tensor, alpha: float) -> torch.Tensor:
+    """d/dx (1/π)·arctan(π/2·alpha x) = (alpha/2) / (1 + (π/2·alpha x)²); peak alpha/2 (SpikingJelly's ATan)."""
+    ax = (math.pi / 2 * alpha) * x
+    return (alpha / 2) / (1 + ax * ax)
+
+
+class _SurrogateSpike(torch.autograd.Function):
+    """Heaviside forward; backward multiplies by ``grad(x, alpha)``."""
+
     @staticmethod
-    def forward(ctx, x: torch.Tensor, alpha: float) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, alpha: float, grad) -> torch.Tensor:
         ctx.save_for_backward(x)
-        ctx.alpha = alpha
+        ctx.alpha, ctx.grad = alpha, grad
         return heaviside(x)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
         (x,) = ctx.saved_tensors
-        return grad_out * sigmoid_grad(x, ctx.alpha), None
+        return grad_out * ctx.grad(x, ctx.alpha), None, None
 
 
 class Surrogate:
@@ -42,11 +52,15 @@ class Surrogate:
     def __init__(self, alpha: float):
         self.alpha = float(alpha)
 
-    def spike(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def formula(x: torch.Tensor, alpha: float) -> torch.Tensor:
         raise NotImplementedError
 
+    def spike(self, x: torch.Tensor) -> torch.Tensor:
+        return _SurrogateSpike.apply(x, self.alpha, self.formula)
+
     def grad(self, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        return self.formula(x, self.alpha)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(alpha={self.alpha})"
@@ -58,12 +72,13 @@ SURROGATES: Registry[type[Surrogate]] = Registry("surrogate")
 @SURROGATES.register("sigmoid")
 class Sigmoid(Surrogate):
     name = "sigmoid"
+    formula = staticmethod(sigmoid_grad)
 
-    def spike(self, x: torch.Tensor) -> torch.Tensor:
-        return _SigmoidSpike.apply(x, self.alpha)
 
-    def grad(self, x: torch.Tensor) -> torch.Tensor:
-        return sigmoid_grad(x, self.alpha)
+@SURROGATES.register("atan")
+class ATan(Surrogate):
+    name = "atan"
+    formula = staticmethod(atan_grad)
 
 
 def make_surrogate(name: str, alpha: float) -> Surrogate:

@@ -3,16 +3,27 @@
 Every builder takes ``num_classes``, ``in_channels``, ``neuron`` and ``width`` (a multiplier on
 channel counts, for tiny test models) and returns the flat body. Importing this package imports
 every architecture module so they register themselves.
+
+A name with a colon is a model of the user's own (``spikingjelly:sew_resnet18``,
+``package.module:function``, ``path/to/file.py:function``; see :mod:`snnkit.conversion.names`), built
+with ``kwargs`` and converted; its neurons and size come from the model, not from ``neuron`` and
+``width``. A model read back from a checkpoint or a run's config imports user code only inside
+:func:`naming` blocks that name it.
 """
 from __future__ import annotations
 
+import inspect
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..conversion import convert
+from ..conversion.names import build_user_model, is_external, is_user_code
+from ..errors import CheckpointError, ConfigError
 from ..neuron import NeuronParams
 from ..registry import Registry
 from ..spiking import SpikingNet
@@ -42,10 +53,54 @@ class ModelSpec:
                    neuron=NeuronParams(**d["neuron"]), width=float(d["width"]), kwargs=dict(d["kwargs"]))
 
 
+_NAMED: ContextVar[frozenset[str]] = ContextVar("snnkit_named_models", default=frozenset())
+
+
+@contextmanager
+def naming(*names: Optional[str]) -> Iterator[None]:
+    """Inside the block, models named ``names`` (the user's own act: ``--model``) may be imported
+    when a checkpoint or a run's config names them."""
+    token = _NAMED.set(_NAMED.get() | {n for n in names if n})
+    try:
+        yield
+    finally:
+        _NAMED.reset(token)
+
+
+def require_named(name: str, source: str) -> None:
+    """Refuse to import the user code ``name`` that ``source`` (data: a checkpoint, a config) names
+    unless the user named it too."""
+    if is_user_code(name) and name not in _NAMED.get():
+        raise CheckpointError(f"{source} names the model {name}, code outside snnkit that a checkpoint must not run "
+                              f"by itself; import it by naming it yourself: --model {name}")
+
+
 def build_model(spec: ModelSpec) -> SpikingNet:
-    body = MODELS.get(spec.name)(num_classes=spec.num_classes, in_channels=spec.in_channels,
-                                 neuron=spec.neuron, width=spec.width, **spec.kwargs)
+    if is_external(spec.name):
+        return build_converted(spec)
+    builder = MODELS.get(spec.name)
+    unknown = sorted(set(spec.kwargs) - set(inspect.signature(builder).parameters))
+    if unknown:
+        raise ConfigError(f"model {spec.name} takes no keyword argument {unknown[0]}; model.kwargs are for "
+                          "models of your own (package.module:function)")
+    body = builder(num_classes=spec.num_classes, in_channels=spec.in_channels,
+                   neuron=spec.neuron, width=spec.width, **spec.kwargs)
     return SpikingNet(body)
+
+
+def build_converted(spec: ModelSpec) -> SpikingNet:
+    if spec.width != 1.0:
+        raise ConfigError(f"model.width scales snnkit's own models; {spec.name} takes its size from model.kwargs")
+    return convert(build_user_model(spec.name, spec.kwargs))
+
+
+def check_outputs(net: SpikingNet, spec: ModelSpec, input_shape: tuple[int, ...]) -> None:
+    """A model of the user's own gives one output per class of the data."""
+    with torch.no_grad():
+        outputs = net(torch.zeros(1, 1, *input_shape)).logits.shape[-1]
+    if outputs != spec.num_classes:
+        raise ConfigError(f"{spec.name} gives {outputs} outputs per sample, the data has {spec.num_classes} "
+                          f"classes; build it for {spec.num_classes} (e.g. model.kwargs.num_classes)")
 
 
 MAX_SIDE = 512  # the largest square input tried when looking for the size a model needs
@@ -67,6 +122,8 @@ def check_input_fits(net: SpikingNet, spec: ModelSpec, input_shape: tuple[int, .
     needs (found by shape inference alone, on the meta device), not inside the first training step."""
     training = net.training
     fits = runs_on(net.eval(), input_shape, "cpu")
+    if fits and is_external(spec.name):
+        check_outputs(net, spec, input_shape)
     net.train(training)
     if fits:
         return

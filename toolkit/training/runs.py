@@ -17,6 +17,7 @@ from ..config import Config, config_from_dict, dump_yaml
 from ..data import DataBundle
 from ..errors import CheckpointError, ConfigError, DivergedError, SnnkitError
 from ..files import atomic_write_text
+from ..models import require_named
 from .distributed import process_group
 from .progress import EpochProgress
 from .rundir import RunDir, claim, reopen
@@ -109,6 +110,7 @@ def resume(run_dir: str | Path, progress: Optional[EpochProgress] = None,
     restart = folder.is_dir() and not (folder / CHECKPOINT_NAME).exists() and (folder / CONFIG_NAME).is_file()
     ckpt = None if restart else load_checkpoint(path)
     cfg = read_run_config(folder) if ckpt is None else config_from_dict(ckpt["config"])
+    require_named(cfg.model.name, f"the run {folder}")
     done = None if ckpt is None else finished_result(folder, ckpt, cfg)
     if done is not None:
         return done

@@ -89,7 +89,7 @@ class Trainer:
         self.data = data if data is not None else load_dataset(cfg.data.name, cfg.data.root)
         check_samples(self.data, cfg.data.name, cfg.data.root)
         self.spec = ModelSpec(cfg.model.name, self.data.num_classes, self.data.in_channels,
-                              cfg.neuron, cfg.model.width)
+                              cfg.neuron, cfg.model.width, cfg.model.kwargs)
         torch.manual_seed(cfg.run.seed)
         self.net = build_model(self.spec)
         check_input_fits(self.net, self.spec, self.data.input_shape, cfg.data.name)
