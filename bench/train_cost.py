@@ -90,7 +90,11 @@ def measure(s: Setting) -> dict:
     configure_backends(RunConfig(), device)  # on CUDA: cuDNN benchmark and TF32, as a training run
     memory_format = torch.channels_last if s.channels_last else torch.preserve_format
     net = build_model(ModelSpec(s.model, 10, INPUTS[s.model][0], width=s.width)).to(device, memory_format=memory_format)
-    Precision(s.amp, device).install(net)
+    with Precision(s.amp, device).applied(net):
+        return measured(net, s, device, memory_format)
+
+
+def measured(net, s: Setting, device: torch.device, memory_format: torch.memory_format) -> dict:
     x = torch.rand(s.batch, *INPUTS[s.model], device=device).contiguous(memory_format=memory_format)
     x_seq, y = x.expand(s.T, *x.shape), torch.randint(0, 10, (s.batch,), device=device)
     if s.method == "spike_pass":
