@@ -5,7 +5,8 @@ Which backticked text is a repository path: one word containing ``/`` whose firs
 folder at the top of the repository (``toolkit/``, ``bench/``, ``docs/``, ...), checked as a glob
 when it holds ``*``. Run outputs are not repository paths: a path under a folder that
 ``.gitignore`` lists (``runs/``, ``bench/results/``) is skipped, and so is a template holding ``<``
-(``runs/<name>/``). A path starting ``snnkit/`` names the installed package, which the repository
+(``runs/<name>/``). A test named as ``tests/test_x.py::test_name`` must be defined in that file.
+A path starting ``snnkit/`` names the installed package, which the repository
 lays out as ``toolkit/``, ``cli/``, ``deploy/`` and ``configs/``; it is an error. docs/_incoming/
 (text waiting to be folded in) is not checked. Fenced code blocks are not read.
 """
@@ -72,6 +73,10 @@ def repository_paths(page: Path) -> list[str]:
 
 
 def exists(path: str) -> bool:
+    path, _, test = path.partition("::")
+    if test:
+        source = (ROOT / path).read_text() if (ROOT / path).is_file() else ""
+        return re.search(rf"^def {re.escape(test)}\(", source, re.M) is not None
     return any(ROOT.glob(path)) if "*" in path else (ROOT / path).exists()
 
 
@@ -110,9 +115,11 @@ def test_the_checks_catch_what_they_are_for(tmp_path):
     page.write_text("# A title\n\n## Second `part`\n\n[a](page.md#second-part) [b](gone.md) [c](#nowhere)\n"
                     "`toolkit/neuron.py` `toolkit/nothing.py` `runs/latest/model.onnx` `bench/results/x.json`\n"
                     "`runs/<name>/` `snnkit/deploy/costs.py` `configs/*.yaml` `u_t = λ·v`\n"
+                    "`tests/test_docs.py::test_the_pages_are_found` `tests/test_docs.py::test_gone`\n"
                     "```\n`toolkit/in_a_fence.py` [d](fenced.md)\n```\n")
     assert anchors(page) == {"a-title", "second-part"}
     assert links(page) == ["page.md#second-part", "gone.md", "#nowhere"]
     assert repository_paths(page) == ["toolkit/neuron.py", "toolkit/nothing.py", "snnkit/deploy/costs.py",
-                                      "configs/*.yaml"]
-    assert [exists(p) for p in repository_paths(page)] == [True, False, False, True]
+                                      "configs/*.yaml", "tests/test_docs.py::test_the_pages_are_found",
+                                      "tests/test_docs.py::test_gone"]
+    assert [exists(p) for p in repository_paths(page)] == [True, False, False, True, True, False]
