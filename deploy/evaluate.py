@@ -32,7 +32,8 @@ from .parity import Observed, Verdict, nonfinite_weights, verify
 from .runtime import OnnxModel, load_onnx
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-LATEST = "runs/latest"
+RUNS = Path("runs")  # where eval looks for a graph's checkpoint by its SHA-256
+LATEST = RUNS / "latest"
 PROBE_BYTES = 1 << 30  # per chunk of samples run with every membrane and spike exposed (both sides)
 ACCURACY_GATED = {"int8"}  # quantized weights legitimately move spikes
 
@@ -198,40 +199,66 @@ def evaluation_batches(ckpt: dict, root: Optional[str], batch_size: int) -> list
     return list(DataLoader(checked_dataset(ckpt, root).test, batch_size=batch_size, shuffle=False))
 
 
+def run_checkpoints() -> list[Path]:
+    """Every checkpoint file in the run directories under ``runs/``."""
+    runs = [run for run in RUNS.iterdir() if run.is_dir() and not run.is_symlink()] if RUNS.is_dir() else []
+    return sorted(p for run in runs for p in run.glob("*.pt"))
+
+
+def is_recorded(path: Path, recorded: dict) -> bool:
+    """Whether ``path`` is the checkpoint a graph records (its size first, then its SHA-256)."""
+    return (path.is_file() and recorded.get("bytes", path.stat().st_size) == path.stat().st_size
+            and file_sha256(path) == recorded["sha256"])
+
+
 def checkpoint_for(model: OnnxModel, checkpoint: Optional[str | Path]) -> Path:
-    """``checkpoint``, or the one the graph names beside it; either must have the recorded SHA-256."""
+    """``checkpoint``, or the checkpoint the graph records, found by its SHA-256: by name beside the
+    graph, at its recorded path relative to the graph, any other ``.pt`` beside the graph, then in
+    the runs under ``runs/``; a given one must match too."""
     recorded = model.meta.get("checkpoint") if model.meta is not None else None
-    if recorded is not None and not (isinstance(recorded, dict) and {"file", "sha256"} <= recorded.keys()):
-        recorded = None
     if checkpoint is None and recorded is None:
         what = "no snnkit metadata" if model.meta is None else "snnkit metadata that names no checkpoint"
         raise SnnkitError(f"{model.path} has {what}; pass --checkpoint with the checkpoint it was exported "
                           "from to evaluate it")
     if checkpoint is not None:
         path = resolve_checkpoint_path(checkpoint)
-    else:
-        path = model.path.parent / recorded["file"]
-        if not path.is_file():
-            raise SnnkitError(f"{model.path} was exported from {recorded['file']}, which is not beside it; "
-                              "pass --checkpoint with that checkpoint")
-    if recorded is not None and file_sha256(path) != recorded["sha256"]:
-        raise SnnkitError(f"{path} is not the checkpoint {model.path} was exported from (its SHA-256 differs); "
+        if recorded is not None and file_sha256(path) != recorded["sha256"]:
+            raise SnnkitError(f"{path} is not the checkpoint {model.path} was exported from (its SHA-256 differs); "
+                              "pass that checkpoint with --checkpoint, or re-export")
+        return path
+    named = [model.path.parent / recorded["file"]]  # beside the graph, then where it was relative to it
+    named += [model.path.parent / recorded["relative"]] if "relative" in recorded else []
+    beside = sorted(model.path.parent.glob("*.pt"))  # a copy may have another name
+    if found := next((p for p in dict.fromkeys([*named, *beside, *run_checkpoints()]) if is_recorded(p, recorded)),
+                     None):
+        return found
+    if changed := next((p for p in named if p.is_file()), None):
+        raise SnnkitError(f"{changed} is not the checkpoint {model.path} was exported from (its SHA-256 differs); "
                           "pass that checkpoint with --checkpoint, or re-export")
-    return path
+    at = f", at its recorded path {recorded['relative']}," if "relative" in recorded else ""
+    raise SnnkitError(f"{model.path} was exported from {recorded['file']} (SHA-256 {recorded['sha256'][:12]}), which "
+                      f"is not beside it{at} or in a run under {RUNS}/; pass --checkpoint with that checkpoint")
 
 
-def graph_steps(model: OnnxModel, layer_names: list[str]) -> int:
-    """The graph's T: from its metadata, else from the steps its probes show."""
+def graph_steps(model: OnnxModel, net: SpikingNet, layer_names: list[str]) -> int:
+    """The graph's T (from its metadata, else from the steps its probes show), once the graph is
+    seen to be of ``net``: the same spiking layers, each exposing its membranes and spikes, and
+    nothing computed once per sample that ``net`` does not have."""
     if model.meta is not None:
         if model.meta["layer_names"] != layer_names:
             raise SnnkitError(f"{model.path} was not exported from this checkpoint (its spiking layers differ); "
                               "pass the matching --checkpoint or re-export")
-        return int(model.meta["T"])
-    steps = [int(m["step"]) for m in map(PROBE.match, model.probe_names()) if m["layer"] == layer_names[0]]
-    if not steps:
-        raise SnnkitError(f"{model.path} does not expose per-step membranes and spikes for the layers of this "
-                          "checkpoint; export it with `snnkit export` to check its parity")
-    return max(steps) + 1
+        modules = dict(net.body.named_modules())
+        if unknown := [name for name in model.meta["computed_once"] if name not in modules]:
+            raise SnnkitError(f"{model.path}: its snnkit metadata 'computed_once' names {unknown[0]!r}, which this "
+                              "checkpoint's model does not have; pass the matching --checkpoint or re-export")
+    steps = {}
+    for m in filter(None, map(PROBE.match, model.probe_names())):
+        steps.setdefault(m["layer"], set()).add(int(m["step"]))
+    if missing := [name for name in layer_names if name not in steps]:
+        raise SnnkitError(f"{model.path} does not expose per-step membranes and spikes for layer {missing[0]!r} of "
+                          "this checkpoint; export it with `snnkit export` to check its parity")
+    return model.meta["T"] if model.meta is not None else max(steps[layer_names[0]]) + 1
 
 
 def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path] = None,
@@ -249,7 +276,7 @@ def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path]
     net = model_from_checkpoint(ckpt).to(torch.float32)
     kind, input_shape = ckpt["data"]["kind"], tuple(ckpt["data"]["input_shape"])
     topo = topology(net, input_shape)
-    T = graph_steps(model, topo.layer_names) if model is not None else int(ckpt["T"])
+    T = graph_steps(model, net, topo.layer_names) if model is not None else int(ckpt["T"])
     batches = evaluation_batches(ckpt, data_root, batch_size)
     twin = deployable(net, T, kind, probes=True)  # the graph's PyTorch twin: same folded weights
     describe = dict(model=ckpt["model"]["name"], dataset=ckpt["data"]["name"])

@@ -23,11 +23,13 @@ import hashlib
 import io
 import json
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
+import numpy as np
 import onnx
 import onnxslim
 import torch
@@ -38,11 +40,12 @@ from snnkit.errors import SnnkitError
 from snnkit.files import atomic_write
 from snnkit.spiking import SpikingNet
 
-from . import OPSET, OPSETS
+from . import MAX_T, OPSET, OPSETS
 from .costs import Topology, topology
 from .graph import TimeUnrolled, deployable, one_step
 from .parity import verify
-from .runtime import FORM_KEYS, META_KEYS, OUTPUTS, load_onnx
+from .metadata import FORM_KEYS, META_KEYS
+from .runtime import OUTPUTS, load_onnx
 
 log = logging.getLogger("snnkit.deploy")
 
@@ -91,8 +94,8 @@ class Source:
     @classmethod
     def load(cls, checkpoint: str | Path, T: Optional[int] = None) -> "Source":
         """The checkpoint (a file or a run directory), to run for ``T`` steps (default: the trained T)."""
-        if T is not None and T < 1:
-            raise SnnkitError(f"--T {T} is not a number of time steps; give 1 or more")
+        if T is not None and not 1 <= T <= MAX_T:
+            raise SnnkitError(f"--T {T} is not a number of time steps snnkit exports; give 1 to {MAX_T:,}")
         path = resolve_checkpoint_path(checkpoint)
         ckpt = load_checkpoint(path)
         if bad := nonfinite(ckpt["state_dict"]):
@@ -115,9 +118,10 @@ class Source:
         return torch.randn(batch, *self.input_shape) if self.kind == "static" else torch.randn(self.T, batch,
                                                                                                 *self.input_shape)
 
-    def metadata(self, form: str, opset: Optional[int], computed_once: Iterable[str]) -> dict:
+    def metadata(self, form: str, opset: Optional[int], computed_once: Iterable[str], out: Path) -> dict:
         """The facts every exported file carries (JSON values): ``computed_once`` names the modules
-        the graph computes once per sample."""
+        the graph computes once per sample; the checkpoint is named by its SHA-256, its size and its
+        path relative to ``out``'s folder (never an absolute path), so eval finds it wherever both go."""
         data = self.ckpt["data"]
         return {
             "snnkit_version": __version__, "format": form, "T": self.T, "neuron": self.ckpt["model"]["neuron"],
@@ -127,7 +131,8 @@ class Source:
             "normalization": data["normalization"], "class_names": data["class_names"],
             "dataset": data["name"], "model": self.ckpt["model"], "opset": opset,
             "config_hash": config_hash(self.ckpt["config"]),
-            "checkpoint": {"file": self.path.name, "sha256": file_sha256(self.path)},
+            "checkpoint": {"file": self.path.name, "sha256": file_sha256(self.path), "bytes": self.path.stat().st_size,
+                           "relative": Path(os.path.relpath(self.path.resolve(), out.resolve().parent)).as_posix()},
             "exporter": EXPORTER,
         }
 
@@ -187,7 +192,7 @@ def unrolled_graph(src: Source, opset: int) -> tuple[onnx.ModelProto, TimeUnroll
 def export_unrolled(src: Source, out: Path, opset: int, data_root: Optional[str] = None) -> ExportResult:
     """A whole sample in, time-averaged logits and spike counts out."""
     model, twin = unrolled_graph(src, opset)
-    save_onnx(model, src.metadata("unrolled", opset, twin.computed_once), out)
+    save_onnx(model, src.metadata("unrolled", opset, twin.computed_once, out), out)
     check_forward(out, twin, src.example())
     return ExportResult(out, out.stat().st_size, len(model.graph.node), src.T, len(twin.layer_names), opset)
 
@@ -199,14 +204,41 @@ def export_streaming(src: Source, out: Path, opset: int, data_root: Optional[str
     states = [{"input": f"state_{i}", "output": f"next_state_{i}", "layer": layer, "shape": list(shape),
                "initial": 0.0} for i, (layer, shape) in enumerate(zip(step.layer_names, shapes))]
     example = (torch.randn(2, *src.input_shape), *[torch.zeros(2, *shape) for shape in shapes])
-    model = probed_graph(step, example, opset, {"input": 0, **{s["input"]: 0 for s in states}},
-                         OUTPUTS + [s["output"] for s in states])
-    meta = {**src.metadata("streaming", opset, ()), "input_layout": "[B, C, H, W], one step per call",
+    model = batch_checked(probed_graph(step, example, opset, {"input": 0, **{s["input"]: 0 for s in states}},
+                                       OUTPUTS + [s["output"] for s in states]), states)
+    meta = {**src.metadata("streaming", opset, (), out), "input_layout": "[B, C, H, W], one step per call",
             "states": states}
     save_onnx(model, meta, out)
     check_forward(out, src.twin(), src.example())
     return ExportResult(out, out.stat().st_size, len(model.graph.node), src.T, len(states), opset,
                         f"one step per call, {len(states)} state tensors")
+
+
+def batch_checked(model: onnx.ModelProto, states: list[dict]) -> onnx.ModelProto:
+    """The streaming graph with each state passed through a concatenation with the input (both
+    flattened per sample) before use, so that onnxruntime refuses a state of another batch, in a node
+    named after it, where the charge would otherwise broadcast a batch-1 state over the whole batch.
+    A reshape or a reshape into shapes taken from the input is not enough: onnxruntime's optimizer
+    rewrites it to copy the state's own batch. Concatenating, slicing and reshaping move no value."""
+    make = onnx.helper.make_node
+    guards = [make("Flatten", ["input"], ["input_per_sample"], name="input_per_sample", axis=1)]
+    for s in states:
+        name, size = s["input"], int(np.prod(s["shape"]))
+        model.graph.initializer.extend(onnx.numpy_helper.from_array(np.array(v, np.int64), f"{name}_{k}")
+                                       for k, v in (("start", [0]), ("stop", [size]), ("axis", [1])))
+        guards += [make("Flatten", [name], [f"{name}_per_sample"], name=f"{name}_per_sample", axis=1),
+                   make("Concat", [f"{name}_per_sample", "input_per_sample"], [f"{name}_beside_input"],
+                        name=f"{name} must have the batch of input", axis=1),
+                   make("Slice", [f"{name}_beside_input", f"{name}_start", f"{name}_stop", f"{name}_axis"],
+                        [f"{name}_flat"], name=f"{name}_flat"),
+                   make("Shape", [name], [f"{name}_shape"], name=f"{name}_shape"),
+                   make("Reshape", [f"{name}_flat", f"{name}_shape"], [f"{name}_checked"], name=f"{name}_checked")]
+        for node in model.graph.node:
+            node.input[:] = [f"{name}_checked" if i == name else i for i in node.input]
+    nodes = guards + list(model.graph.node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
 
 
 def export_checkpoint(checkpoint: str | Path, out: Optional[str | Path] = None, opset: int = OPSET,

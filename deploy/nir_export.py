@@ -140,7 +140,7 @@ def nir_graph(gm: fx.GraphModule, input_shape: tuple[int, ...], metadata: dict):
 
 
 def export_nir(src: Source, out: Path, opset: Optional[int] = None, data_root: Optional[str] = None) -> ExportResult:
-    meta = {**src.metadata("nir", None, ()), "exporter": f"snnkit's NIR writer, nir {nir.version}", "dt": DT,
+    meta = {**src.metadata("nir", None, (), out), "exporter": f"snnkit's NIR writer, nir {nir.version}", "dt": DT,
             "neuron_mapping": "tau = dt / (1 - decay), r = tau / dt, v_leak = 0 (forward Euler with step dt); "
                               "decay 1 is an IF node with r = 1 / dt",
             "readout": "the output node is the classifier's value at each step; the logits are its mean "

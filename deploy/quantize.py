@@ -23,7 +23,6 @@ from __future__ import annotations
 import logging
 import tempfile
 from dataclasses import dataclass
-from math import prod
 from pathlib import Path
 from typing import Iterator, Optional
 
@@ -40,58 +39,16 @@ from . import MAX_ACCURACY_DROP
 from .evaluate import checked_dataset
 from .export import EXPORTER, ExportResult, Source, save_onnx, unrolled_graph
 from .runtime import load_onnx
+from .structure import QUANTIZED_OPS, quantized_nodes, spike_grids
 
 log = logging.getLogger("snnkit.deploy")
 
-QUANTIZED_OPS = ("Conv", "Gemm", "MatMul")
 INT8_OPSET = 19  # the lowest opset at which onnx.reference (and the ONNX spec's QDQ of today) runs DequantizeLinear
 CALIBRATION_SAMPLES = 256
 CALIBRATION_BATCH = 32
 CALIBRATION_METHOD = "MinMax"
 HELD_OUT_SAMPLES = 1024  # training samples after the calibration ones, on which the float32 fallback is chosen
 MAX_FLOAT_LAYERS = 2
-SPIKE_MAKERS = ("GreaterOrEqual", "Greater", "LessOrEqual", "Less", "Equal")  # booleans cast to 0/1
-SAME_VALUES = ("Unsqueeze", "Squeeze", "Reshape", "Flatten", "Gather", "Slice", "Transpose", "Identity",
-               "Expand", "Tile", "Concat", "Split", "MaxPool")  # outputs take values of their (first) input
-
-
-@dataclass(frozen=True)
-class Grid:
-    """A tensor whose values are the multiples 0, step, 2·step, …, top·step (integers ``0..top``)."""
-
-    step: float
-    top: int
-
-
-def spike_grids(model: onnx.ModelProto) -> dict[str, Grid]:
-    """Every tensor that holds spikes or counts of them, found by following the graph from the
-    ``Cast`` of each comparison (a spike) through ops that keep, pool or add such values."""
-    model = onnx.shape_inference.infer_shapes(model)
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    grids: dict[str, Grid] = {}
-    for node in model.graph.node:  # topologically sorted, as ONNX requires
-        ins = [grids.get(i) for i in node.input]
-        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        out: Optional[Grid] = None
-        if node.op_type == "Cast" and getattr(producer.get(node.input[0]), "op_type", None) in SPIKE_MAKERS:
-            out = Grid(1.0, 1)
-        elif node.op_type in SAME_VALUES and ins and ins[0] is not None:
-            data = [g for g in ins if g is not None] if node.op_type == "Concat" else [ins[0]]
-            if node.op_type != "Concat" or len(data) == len(ins) and len({g.step for g in data}) == 1:
-                out = Grid(data[0].step, max(g.top for g in data))
-        elif node.op_type == "AveragePool" and ins[0] is not None and not any(attrs.get("pads", [])):
-            k = prod(attrs["kernel_shape"])
-            out = Grid(ins[0].step / k, ins[0].top * k)
-        elif node.op_type == "GlobalAveragePool" and ins[0] is not None:
-            k = prod(shapes.get(node.input[0], [0, 0, 0])[2:])
-            out = Grid(ins[0].step / k, ins[0].top * k) if k > 0 else None
-        elif node.op_type in ("Add", "Sum") and ins and all(ins) and len({g.step for g in ins}) == 1:
-            out = Grid(ins[0].step, sum(g.top for g in ins))
-        if out is not None:
-            grids.update({o: out for o in node.output})
-    return grids
 
 
 def exact_overrides(model: onnx.ModelProto) -> dict[str, list[dict]]:
@@ -154,13 +111,6 @@ def logits(model: onnx.ModelProto, data: Calibration) -> np.ndarray:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return np.concatenate([session.run(["logits"], {"input": np.ascontiguousarray(x, np.float32)})[0]
                            for x in data.inputs])
-
-
-def quantized_nodes(int8: onnx.ModelProto) -> list[str]:
-    """The Conv/Gemm/MatMul nodes of an int8 graph that compute on dequantized int8 inputs."""
-    producer = {o: n.op_type for n in int8.graph.node for o in n.output}
-    return [n.name for n in int8.graph.node
-            if n.op_type in QUANTIZED_OPS and producer.get(n.input[0]) == "DequantizeLinear"]
 
 
 @dataclass(frozen=True)
@@ -231,7 +181,7 @@ def export_int8(src: Source, out: Path, opset: int, data_root: Optional[str] = N
         int8, exact, fallback = with_fallback(model, calibration, held_out, Path(tmp), CALIBRATION_METHOD,
                                               MAX_ACCURACY_DROP, MAX_FLOAT_LAYERS)
     float_bytes = len(model.SerializeToString())
-    meta = {**src.metadata("int8", opset, twin.computed_once),
+    meta = {**src.metadata("int8", opset, twin.computed_once, out),
             "exporter": f"{EXPORTER}, then onnxruntime.quantization.quantize_static (QDQ)",
             "quantization": {"weights": "int8 per output channel",
                              "activations": f"uint8, {CALIBRATION_METHOD} calibrated",

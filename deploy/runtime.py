@@ -3,7 +3,6 @@ with its per-step membranes and spikes exposed for parity. A streaming graph is 
 steps, so every form answers as the unrolled graph does."""
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,16 +16,11 @@ import torch
 from snnkit.errors import SnnkitError
 
 from .graph import PROBE
+from .metadata import read_metadata
 from .parity import Observed
+from .structure import form_of_structure, inexact_spike_encodings
 
 OUTPUTS = ["logits", "spike_counts"]
-# the metadata_props snnkit writes (JSON values) on every graph, and what each form adds; other keys,
-# e.g. onnxruntime's quantizer's, are left alone
-META_KEYS = ("snnkit_version", "format", "T", "neuron", "layer_names", "topology", "computed_once", "input_shape",
-             "input_kind", "input_layout", "normalization", "class_names", "dataset", "model", "opset",
-             "config_hash", "checkpoint", "exporter")
-FORM_KEYS = {"unrolled": (), "streaming": ("states",), "int8": ("quantization",)}
-KNOWN_KEYS = set(META_KEYS).union(*FORM_KEYS.values())
 
 
 def default_providers() -> list[str]:
@@ -58,11 +52,6 @@ def stacked(probed: Iterable[tuple[str, int, np.ndarray]]) -> tuple[dict[str, to
     return stack("u"), stack("s")
 
 
-def form_of(meta: Optional[dict]) -> str:
-    """A graph's form, as its metadata says; one exported before the forms or elsewhere is unrolled."""
-    return meta.get("format", "unrolled") if meta is not None else "unrolled"
-
-
 @dataclass
 class OnnxModel:
     """A graph that runs a whole sample per call (the unrolled and int8 forms)."""
@@ -70,16 +59,13 @@ class OnnxModel:
     path: Path
     session: ort.InferenceSession
     meta: Optional[dict]  # the snnkit metadata, None for a graph exported elsewhere
+    form: str = "unrolled"  # as its nodes make it (snnkit.deploy.structure), which its metadata must say too
     options: Optional[ort.SessionOptions] = None
     _probed: Optional[tuple[ort.InferenceSession, list[str]]] = field(default=None, repr=False)
 
     @staticmethod
     def outputs(meta: Optional[dict]) -> list[str]:
         return OUTPUTS
-
-    @property
-    def form(self) -> str:
-        return form_of(self.meta)
 
     @property
     def providers(self) -> list[str]:
@@ -135,16 +121,31 @@ class StreamingModel(OnnxModel):
     def initial_states(self, batch: int) -> dict[str, np.ndarray]:
         return {s["input"]: np.full((batch, *s["shape"]), s["initial"], np.float32) for s in self.meta["states"]}
 
+    def step(self, frame: np.ndarray, states: dict[str, np.ndarray], names: list[str] = OUTPUTS,
+             session: Optional[ort.InferenceSession] = None) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+        """One call: ``frame`` ``[B, C, H, W]`` and the states (:meth:`initial_states` before the first
+        step) -> (the ``names`` outputs, the next states). A state of another batch than the frame's
+        is refused: onnxruntime would broadcast a batch-1 state over the batch, silently."""
+        for s in self.meta["states"]:
+            expected = [len(frame), *s["shape"]]
+            if s["input"] not in states or list(np.shape(states[s["input"]])) != expected:
+                got = list(np.shape(states[s["input"]])) if s["input"] in states else "nothing"
+                raise SnnkitError(f"state {s['input']!r} (layer {s['layer']}) is {got} but a frame of batch {len(frame)} "
+                                  f"needs {expected}; start from initial_states({len(frame)}) and feed back each "
+                                  "call's next states")
+        outs = self.meta["states"]
+        values = self.call(session or self.session, names + [s["output"] for s in outs],
+                           {**self.feed(frame), **{s["input"]: states[s["input"]] for s in outs}})
+        return values[:len(names)], {s["input"]: v for s, v in zip(outs, values[len(names):])}
+
     def drive(self, session: ort.InferenceSession, names: list[str], x: np.ndarray) -> list[list[np.ndarray]]:
         """Each call's ``names`` outputs, every call's next states fed to the next call."""
-        states = self.meta["states"]
         frames = [x] * self.meta["T"] if self.meta["input_kind"] == "static" else list(x)
         carried = self.initial_states(len(frames[0]))
         steps = []
         for frame in frames:
-            values = self.call(session, names + [s["output"] for s in states], {**self.feed(frame), **carried})
-            carried = {s["input"]: v for s, v in zip(states, values[len(names):])}
-            steps.append(values[:len(names)])
+            values, carried = self.step(frame, carried, names, session)
+            steps.append(values)
         return steps
 
     def run(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -157,6 +158,21 @@ class StreamingModel(OnnxModel):
         logits = torch.from_numpy(np.stack([step[0] for step in steps]))  # [T, B, classes]
         membranes, spikes = stacked((n, t, v) for t, step in enumerate(steps) for n, v in zip(names, step[2:]))
         return Observed(logits.mean(0), torch.from_numpy(sum(step[1] for step in steps)), membranes, spikes, logits)
+
+
+def check_states(path: Path, session: ort.InferenceSession, meta: dict) -> None:
+    """A streaming graph's states as its metadata describes them: one per spiking layer, in order,
+    each an input and an output of the graph with the per-sample shape the graph declares."""
+    states, inputs = meta["states"], {i.name: i.shape for i in session.get_inputs()}
+    if [s["layer"] for s in states] != meta["layer_names"] or set(inputs) != {"input", *(s["input"] for s in states)}:
+        raise SnnkitError(f"{path}: its snnkit metadata 'states' does not name one state per spiking layer as the "
+                          "graph's inputs; re-export it with `snnkit export --streaming`")
+    for state in states:
+        declared = inputs[state["input"]][1:]
+        if any(isinstance(d, int) and d != n for d, n in zip(declared, state["shape"])) or len(declared) != len(
+                state["shape"]):
+            raise SnnkitError(f"{path}: its snnkit metadata gives state {state['input']!r} the shape {state['shape']} "
+                              f"but the graph takes {declared}; re-export it with `snnkit export --streaming`")
 
 
 RUNNERS = {"streaming": StreamingModel}  # forms run otherwise than one call per sample
@@ -175,19 +191,23 @@ def load_onnx(path: str | Path, providers: Optional[list[str]] = None,
     except Exception as e:  # truncated, corrupt or not ONNX at all
         raise SnnkitError(f"{path} is not a readable ONNX model ({type(e).__name__}); "
                           "re-export it with `snnkit export`") from None
-    props = session.get_modelmeta().custom_metadata_map
-    try:
-        meta = {k: json.loads(v) for k, v in props.items() if k in KNOWN_KEYS} if "snnkit_version" in props else None
-    except json.JSONDecodeError:
-        raise SnnkitError(f"{path} has snnkit metadata whose values are not JSON; re-export it with "
-                          "`snnkit export`") from None
-    form = form_of(meta)
-    if missing := [k for k in FORM_KEYS.get(form, ()) if k not in meta]:
-        raise SnnkitError(f"{path} is an snnkit {form} graph whose metadata lacks {missing[0]!r}; "
+    meta = read_metadata(path, session.get_modelmeta().custom_metadata_map)
+    graph = onnx.load(path, load_external_data=False)
+    form = form_of_structure(graph)
+    if meta is not None and meta["format"] != form:
+        raise SnnkitError(f"{path} is labelled an snnkit {meta['format']} graph but its nodes are those of the {form} form; "
                           "re-export it with `snnkit export`")
+    if meta is None and form == "streaming":
+        raise SnnkitError(f"{path} takes states beside its input but has no snnkit metadata naming them; "
+                          "export it with `snnkit export --streaming`")
+    if form == "streaming":
+        check_states(path, session, meta)
     runner = RUNNERS.get(form, OnnxModel)
     outputs, expected = [o.name for o in session.get_outputs()], runner.outputs(meta)
     if sorted(outputs) != sorted(expected):
         raise SnnkitError(f"{path} has outputs {outputs}; snnkit needs exactly {expected} "
                           "(export the model with `snnkit export`)")
-    return runner(path, session, meta, options)
+    if form == "int8" and (inexact := inexact_spike_encodings(graph)):
+        raise SnnkitError(f"{path} quantizes the spikes {inexact[0]!r} with a scale that rounds them (snnkit's int8 "
+                          "graphs encode spikes exactly); re-export it with `snnkit export --quantize int8`")
+    return runner(path, session, meta, form, options)

@@ -112,7 +112,7 @@ def test_int8_graph_of_a_trained_model_keeps_its_accuracy_and_fails_when_it_does
                                     "`--set neuron.reset=hard` to export to NIR"),
     (["export", "--streaming", "--quantize", "int8"],
      "streaming and int8 are separate forms; export them one at a time"),
-    (["export", "--streaming", "--T", "0"], "--T 0 is not a number of time steps; give 1 or more"),
+    (["export", "--streaming", "--T", "0"], "--T 0 is not a number of time steps snnkit exports; give 1 to 4,096"),
     (["eval", "--max-accuracy-drop", "2"],
      "--max-accuracy-drop must be between 0 and 1 (0.005 is 0.5 pp), got 2.0"),
 ])

@@ -160,10 +160,13 @@ BAD_INPUTS = {
         lambda run: (torch.save({**torch.load(run / "checkpoint.pt", weights_only=True), "T": 8}, run / "checkpoint.pt"),
                      ["eval", "--onnx", str(run / "model.onnx")])[1],
         "model.onnx was exported from (its SHA-256 differs); pass that checkpoint with --checkpoint"),
-    "graph moved away from its checkpoint": (
-        lambda run: (shutil.copy(run / "model.onnx", "moved.onnx"), ["eval", "--onnx", "moved.onnx"])[1],
-        "moved.onnx was exported from checkpoint.pt, which is not beside it; pass --checkpoint"),
-    "zero steps": (lambda run: ["export", "--T", "0"], "--T 0 is not a number of time steps; give 1 or more"),
+    "graph whose checkpoint is nowhere": (
+        lambda run: (shutil.move(run / "model.onnx", "moved.onnx"), shutil.rmtree(run.parent),
+                     ["eval", "--onnx", "moved.onnx"])[2],
+        "moved.onnx was exported from checkpoint.pt (SHA-256 "),
+    "zero steps": (lambda run: ["export", "--T", "0"], "--T 0 is not a number of time steps snnkit exports; give 1 to"),
+    "more steps than any graph runs": (lambda run: ["export", "--streaming", "--T", "100000"],
+                                       "--T 100000 is not a number of time steps snnkit exports; give 1 to 4,096"),
 }
 
 
@@ -175,6 +178,50 @@ def test_bad_input_is_one_clear_line_without_traceback(exported, case):
     assert "Traceback" not in result.output
     assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
     assert message in result.stderr
+
+
+def moved_graph(run: Path) -> str:
+    shutil.move(run / "model.onnx", "elsewhere.onnx")
+    return "elsewhere.onnx"
+
+
+def moved_run(run: Path) -> str:
+    """Exported beside the run, then the run renamed: the recorded relative path breaks."""
+    assert invoke("export", "-o", "graphs/model.onnx").exit_code == 0
+    run.rename(run.with_name("renamed"))
+    (run.parent / "latest").unlink()
+    return "graphs/model.onnx"
+
+
+def copied_checkpoint(run: Path) -> str:
+    """The graph and a copy of its checkpoint taken elsewhere, the run gone."""
+    Path("elsewhere").mkdir()
+    shutil.copy(run / "model.onnx", "elsewhere/model.onnx")
+    shutil.copy(run / "checkpoint.pt", "elsewhere/weights.pt")
+    shutil.rmtree(run.parent)
+    return "elsewhere/model.onnx"
+
+
+@pytest.mark.parametrize("place", [
+    lambda run: (invoke("export", "-o", "out/deep/model.onnx"), "out/deep/model.onnx")[1],  # found at its relative path
+    moved_graph,  # found in runs/ by its SHA-256
+    moved_run,  # likewise
+    copied_checkpoint,  # found beside the graph, though named otherwise
+], ids=["export -o elsewhere", "moved graph", "moved run", "copied checkpoint"])
+def test_eval_finds_the_checkpoint_wherever_the_graph_goes(exported, place):
+    graph = place(exported.parent)
+    assert not any(str(Path.cwd()) in p.value for p in onnx.load(graph).metadata_props)  # no absolute path
+    result = invoke("eval", "--onnx", graph)
+    assert result.exit_code == 0, result.output
+    assert "ONNX parity at T = 4: PASS" in result.output
+
+
+def test_the_graph_records_its_checkpoint_relative_to_itself_and_never_absolutely(exported):
+    assert invoke("export", "-o", "out/model.onnx").exit_code == 0
+    recorded = json.loads({p.key: p.value for p in onnx.load("out/model.onnx").metadata_props}["checkpoint"])
+    assert recorded["relative"] == "../runs/tiny/checkpoint.pt" and recorded["file"] == "checkpoint.pt"
+    assert recorded["bytes"] == (exported.parent / "checkpoint.pt").stat().st_size
+    assert recorded["sha256"] == hashlib.sha256((exported.parent / "checkpoint.pt").read_bytes()).hexdigest()
 
 
 def test_onnx_from_elsewhere_is_evaluated_against_a_given_checkpoint(exported):

@@ -18,7 +18,8 @@ from deploy_helpers import DEFAULT_SHAPE, SHAPES, T, exact_input, model_and_chec
 from snnkit.checkpoint import atomic_save
 from snnkit.deploy.export import export_checkpoint
 from snnkit.deploy.graph import deployable, fold_batchnorm
-from snnkit.deploy.runtime import META_KEYS, load_onnx
+from snnkit.deploy.metadata import META_KEYS
+from snnkit.deploy.runtime import load_onnx
 from snnkit.errors import SnnkitError
 from snnkit.models import MODELS
 from snnkit.spiking import spiking_layers
@@ -108,7 +109,8 @@ def test_metadata_describes_the_model(exported):
     assert len(meta["config_hash"]) == 16 and meta["snnkit_version"]
     # the checkpoint by name and content, never by an absolute path
     checkpoint = result.path.parent / "checkpoint.pt"
-    assert meta["checkpoint"] == {"file": "checkpoint.pt", "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest()}
+    assert meta["checkpoint"] == {"file": "checkpoint.pt", "sha256": hashlib.sha256(checkpoint.read_bytes()).hexdigest(),
+                                  "bytes": checkpoint.stat().st_size, "relative": "checkpoint.pt"}
     props = {p.key: p.value for p in onnx.load(result.path).metadata_props}
     assert set(props) == set(META_KEYS) and not any(str(result.path.parent) in v for v in props.values())
     assert meta["computed_once"] == ["0.0", "0.1"]  # the first conv (and its folded BN) once per sample

@@ -3,6 +3,7 @@ itself), per-channel int8 weights, a small file, and a spike-valued tensor searc
 on every registered model."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -18,10 +19,11 @@ from snnkit.deploy.costs import ANALOG
 from snnkit.deploy.evaluate import evaluate
 from snnkit.deploy.export import Source, export_checkpoint, unrolled_graph
 from snnkit.deploy import quantize
-from snnkit.deploy.quantize import (Calibration, exact_overrides, logits, quantized_nodes, spike_grids,
-                                    with_fallback)
-from snnkit.deploy.runtime import FORM_KEYS, META_KEYS, load_onnx
-from snnkit.errors import DataError
+from snnkit.deploy.quantize import Calibration, exact_overrides, logits, with_fallback
+from snnkit.deploy.metadata import FORM_KEYS, META_KEYS
+from snnkit.deploy.runtime import load_onnx
+from snnkit.deploy.structure import quantized_nodes, spike_grids
+from snnkit.errors import DataError, SnnkitError
 from snnkit.models import MODELS
 
 
@@ -55,6 +57,33 @@ def test_spike_inputs_are_quantized_exactly_and_weights_per_channel(tmp_path, mo
     assert result.size_bytes <= 0.35 * meta["quantization"]["float32_bytes"]
     logits, counts = load_onnx(result.path).run(exact_input(5, (1, 8, 8)).numpy())
     assert np.isfinite(logits).all() and counts.shape == (5, 3)
+
+
+def test_the_int8_form_is_read_off_the_nodes_and_a_label_they_contradict_is_refused(tmp_path, monkeypatch):
+    """An int8 graph relabelled float32 (or the reverse, in test_graph_metadata.py) is refused, and so
+    is one whose spikes are quantized with a scale that rounds them."""
+    monkeypatch.setattr(quantize, "MAX_FLOAT_LAYERS", 0)  # the spikes of the first LIF layer quantized too
+    _, ckpt = model_and_checkpoint("digits_convnet")
+    atomic_save(ckpt, tmp_path / "checkpoint.pt")
+    path = export_checkpoint(tmp_path, form="int8").path
+    assert load_onnx(path).form == "int8"
+    model = onnx.load(path)
+    props = {p.key: p.value for p in model.metadata_props}
+    relabelled = tmp_path / "relabelled.onnx"
+    onnx.helper.set_model_props(model, {**props, "format": json.dumps("unrolled")})
+    onnx.save(model, relabelled)
+    with pytest.raises(SnnkitError, match="labelled an snnkit unrolled graph but its nodes are those of the int8 form"):
+        load_onnx(relabelled)
+    model = onnx.load(path)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    spike_scale = next(producer[dq.input[0]].input[1] for dq in model.graph.node if dq.op_type == "DequantizeLinear"
+                       and dq.output[0] in {n.input[0] for n in model.graph.node if n.op_type == "Conv"}
+                       and float(initializers(model)[dq.input[1]]) == 1.0)  # the spikes of the first LIF layer
+    scale = next(i for i in model.graph.initializer if i.name == spike_scale)
+    scale.CopyFrom(onnx.numpy_helper.from_array(np.array(0.9, np.float32), spike_scale))
+    onnx.save(model, tmp_path / "rounded.onnx")
+    with pytest.raises(SnnkitError, match="quantizes the spikes .* with a scale that rounds them"):
+        load_onnx(tmp_path / "rounded.onnx")
 
 
 @pytest.mark.parametrize("name", MODELS.names())

@@ -13,7 +13,8 @@ from snnkit.checkpoint import atomic_save
 from snnkit.deploy.evaluate import check_graph
 from snnkit.deploy.export import export_checkpoint
 from snnkit.deploy.graph import deployable
-from snnkit.deploy.runtime import META_KEYS, StreamingModel, load_onnx
+from snnkit.deploy.metadata import META_KEYS
+from snnkit.deploy.runtime import StreamingModel, load_onnx
 from snnkit.models import MODELS
 
 
