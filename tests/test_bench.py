@@ -13,6 +13,7 @@ import torch
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 import common  # noqa: E402
+import convert_cost  # noqa: E402
 import gpu_check  # noqa: E402
 import grad_agreement  # noqa: E402
 import onnx_latency  # noqa: E402
@@ -217,3 +218,19 @@ def test_gpu_check_steps_and_report_run_on_any_device():
     assert all(r["images_per_second"] == pytest.approx(4 / r["seconds"]) for r in result["training"])
     md = gpu_check.report(result)
     assert "| rate_s | 2 |" in md and "torchrun, 2 processes: not run" in md
+
+
+def test_convert_cost_measures_the_three_rows_in_one_run(tmp_path):
+    """SpikingJelly's SEW-ResNet-18 at 16×16, batch 2: every row measured at each T, rate_m and memopt
+    saving less for backward than SpikingJelly's BPTT, whose saved bytes grow with T."""
+    convert_cost.main(["--T", "2,4", "--side", "16", "--batch", "2", "--iters", "1", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "convert_cost.json").read_text())
+    assert [(r["model"], r["T"]) for r in report["results"]] == [("sew_resnet18", 2), ("sew_resnet18", 4)]
+    for r in report["results"]:
+        rows = r["rows"]
+        assert list(rows) == list(convert_cost.ROWS) and all(m["seconds"] > 0 for m in rows.values())
+        assert rows["rate_m"]["saved_bytes"] < rows["sj_bptt"]["saved_bytes"]
+        assert rows["sj_memopt"]["saved_bytes"] < rows["sj_bptt"]["saved_bytes"]
+    bptt = [r["rows"]["sj_bptt"]["saved_bytes"] for r in report["results"]]
+    assert bptt[1] > bptt[0]
+    assert "| sew_resnet18 | 4 | rate_m |" in (tmp_path / "convert_cost.md").read_text()
