@@ -220,17 +220,25 @@ def test_gpu_check_steps_and_report_run_on_any_device():
     assert "| rate_s | 2 |" in md and "torchrun, 2 processes: not run" in md
 
 
-def test_convert_cost_measures_the_three_rows_in_one_run(tmp_path):
-    """SpikingJelly's SEW-ResNet-18 at 16×16, batch 2: every row measured at each T, rate_m and memopt
-    saving less for backward than SpikingJelly's BPTT, whose saved bytes grow with T."""
-    convert_cost.main(["--T", "2,4", "--side", "16", "--batch", "2", "--iters", "1", "--out", str(tmp_path)])
+@pytest.mark.slow
+def test_convert_cost_rows_save_what_they_claim():
+    """SpikingJelly's SEW-ResNet-18 at 16×16, batch 2, in this process: rate_m and memopt save less for
+    backward than SpikingJelly's BPTT, whose saved bytes grow with T; every row times."""
+    args = {"name": "sew_resnet18", "side": 16, "batch": 2, "compile_rate": "off"}
+    saved = {T: {row: convert_cost.memory(T=T, row=row, **args)["saved_bytes"] for row in convert_cost.ROWS}
+             for T in (2, 4)}
+    for rows in saved.values():
+        assert rows["rate_m"] < rows["sj_bptt"] and rows["sj_memopt"] < rows["sj_bptt"]
+    assert saved[4]["sj_bptt"] > saved[2]["sj_bptt"]
+    seconds = convert_cost.timing(T=2, iters=1, **args)
+    assert list(seconds) == list(convert_cost.ROWS) and all(t > 0 for t in seconds.values())
+
+
+@pytest.mark.slow
+def test_convert_cost_writes_its_table_and_json(tmp_path):
+    convert_cost.main(["--T", "2", "--side", "16", "--batch", "2", "--iters", "1", "--out", str(tmp_path)])
     report = json.loads((tmp_path / "convert_cost.json").read_text())
-    assert [(r["model"], r["T"]) for r in report["results"]] == [("sew_resnet18", 2), ("sew_resnet18", 4)]
-    for r in report["results"]:
-        rows = r["rows"]
-        assert list(rows) == list(convert_cost.ROWS) and all(m["seconds"] > 0 for m in rows.values())
-        assert rows["rate_m"]["saved_bytes"] < rows["sj_bptt"]["saved_bytes"]
-        assert rows["sj_memopt"]["saved_bytes"] < rows["sj_bptt"]["saved_bytes"]
-    bptt = [r["rows"]["sj_bptt"]["saved_bytes"] for r in report["results"]]
-    assert bptt[1] > bptt[0]
-    assert "| sew_resnet18 | 4 | rate_m |" in (tmp_path / "convert_cost.md").read_text()
+    [result] = report["results"]
+    assert (result["model"], result["T"], list(result["rows"])) == ("sew_resnet18", 2, list(convert_cost.ROWS))
+    assert all(m["peak_rss_bytes"] > 0 and m["seconds"] > 0 for m in result["rows"].values())
+    assert "| sew_resnet18 | 2 | rate_m |" in (tmp_path / "convert_cost.md").read_text()
