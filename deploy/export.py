@@ -50,6 +50,10 @@ from .runtime import OUTPUTS, load_onnx
 log = logging.getLogger("snnkit.deploy")
 
 EXPORTER = "torch.onnx.export(dynamo=False), TorchScript, then onnxslim"
+
+
+class ExportUnsupported(SnnkitError):
+    """An operator the exporter has no ONNX form for, at the shapes it is traced with."""
 LEGACY_NOTICES = (r"You are using the legacy TorchScript-based ONNX export",
                   r"The feature will be removed\. Please remove usage of this function")
 FILE_NAMES = {"unrolled": "model.onnx", "streaming": "model_streaming.onnx", "int8": "model_int8.onnx",
@@ -150,11 +154,16 @@ def trace(module: torch.nn.Module, example: tuple[torch.Tensor, ...], opset: int
                 dynamic_shapes=tuple({axis: torch.export.Dim("batch")} for axis in inputs.values()),
                 verbose=False).model_proto
         f = io.BytesIO()
-        torch.onnx.export(
-            module, example, f, dynamo=False, opset_version=opset, do_constant_folding=True,
-            input_names=list(inputs), output_names=outputs,
-            dynamic_axes={**{name: {axis: "batch"} for name, axis in inputs.items()},
-                          **{name: {0: "batch"} for name in outputs}})
+        try:
+            torch.onnx.export(
+                module, example, f, dynamo=False, opset_version=opset, do_constant_folding=True,
+                input_names=list(inputs), output_names=outputs,
+                dynamic_axes={**{name: {axis: "batch"} for name, axis in inputs.items()},
+                              **{name: {0: "batch"} for name in outputs}})
+        except (torch.onnx.errors.SymbolicValueError, torch.onnx.errors.UnsupportedOperatorError) as e:
+            reason = str(e).split("  [Caused by", 1)[0].split("\n", 1)[0].strip()
+            raise ExportUnsupported(f"torch's ONNX exporter cannot express a layer of this network at its input size "
+                                    f"({reason}); nothing was written") from None
     return onnx.load_from_string(f.getvalue())
 
 

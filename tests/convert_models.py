@@ -4,9 +4,10 @@ refused. The functions are also named by ``model.name`` (``tests/convert_models.
 from functools import partial
 
 import snntorch as snn
+from snntorch import surrogate as snn_surrogate
 import torch
 from spikingjelly.activation_based import layer, neuron, surrogate
-from spikingjelly.activation_based.model import parametric_lif_net, sew_resnet, spiking_resnet, spiking_vgg
+from spikingjelly.activation_based.model import ms_resnet, parametric_lif_net, sew_resnet, spiking_resnet, spiking_vgg
 from torch import nn
 
 # SpikingJelly neuron kinds: every convention snnkit maps (decay_input, soft/hard reset, v_reset ≠ 0,
@@ -47,14 +48,25 @@ def spiking_vgg11_bn(spiking_neuron=NEURONS["lif"]) -> nn.Module:
     return model
 
 
-def plif_fashion(spiking_neuron=NEURONS["lif"]) -> nn.Module:
-    """parametric_lif_net's Fashion-MNIST network (1×28×28) with fixed-τ neurons, dropout off."""
-    return zero_dropout(parametric_lif_net.FashionMNISTNet(channels=4, spiking_neuron=spiking_neuron))
+# parametric_lif_net's networks by name, with the one sample's shape each takes
+PLIF_NETS = {"FashionMNISTNet": (1, 28, 28), "MNISTNet": (1, 28, 28), "NMNISTNet": (2, 34, 34),
+             "CIFAR10Net": (3, 32, 32), "CIFAR10DVSNet": (2, 128, 128), "DVSGestureNet": (2, 128, 128)}
 
 
-def snntorch_convnet(beta: float = 0.5, reset_mechanism: str = "zero") -> nn.Module:
-    """snnTorch's usual convnet: Leaky layers (init_hidden) in an nn.Sequential, average pooling."""
-    leaky = partial(snn.Leaky, beta=beta, init_hidden=True, reset_mechanism=reset_mechanism)
+def plif_net(spiking_neuron=NEURONS["lif"], net: str = "FashionMNISTNet") -> nn.Module:
+    """One of parametric_lif_net's networks at 4 channels, with fixed-τ neurons, dropout off."""
+    return zero_dropout(getattr(parametric_lif_net, net)(channels=4, spiking_neuron=spiking_neuron))
+
+
+def snntorch_convnet(beta: float = 0.5, reset_mechanism: str = "zero", surrogate_fn: str = "atan",
+                     sharpness: float = 2.0) -> nn.Module:
+    """snnTorch's usual convnet: Leaky layers (init_hidden) in an nn.Sequential, average pooling;
+    ``surrogate_fn`` is snnTorch's ``atan`` (alpha) or ``sigmoid`` (slope) at ``sharpness``. (snnTorch's
+    own sigmoid backward, ``exp(−slope·u)/(exp(−slope·u) + 1)²``, overflows float32 to NaN at its
+    default slope 25 where u < −3.5: keep the slope small.)"""
+    grad = getattr(snn_surrogate, surrogate_fn)(**{"atan": {"alpha": sharpness}, "sigmoid": {"slope": sharpness}}[
+        surrogate_fn])
+    leaky = partial(snn.Leaky, beta=beta, init_hidden=True, reset_mechanism=reset_mechanism, spike_grad=grad)
     return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), leaky(), nn.AvgPool2d(2),
                          nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), leaky(), nn.AvgPool2d(2),
                          nn.Flatten(), nn.Linear(8 * 4 * 4, 10), leaky())
@@ -93,7 +105,7 @@ def sew_and() -> nn.Module:
 
 
 def plif() -> nn.Module:
-    return plif_fashion(neuron.ParametricLIFNode)
+    return plif_net(neuron.ParametricLIFNode)
 
 
 def dropout() -> nn.Module:
@@ -102,6 +114,21 @@ def dropout() -> nn.Module:
 
 def snntorch_subtract() -> nn.Module:
     return snntorch_convnet(reset_mechanism="subtract")
+
+
+def snntorch_learn_beta() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10),
+                         snn.Leaky(beta=0.5, learn_beta=True, init_hidden=True, reset_mechanism="zero"))
+
+
+def snntorch_synaptic() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 10),
+                         snn.Synaptic(alpha=0.5, beta=0.5, init_hidden=True, reset_mechanism="zero"))
+
+
+def ms_resnet18() -> nn.Module:
+    """The zoo's MS-ResNet: its forward repeats a static input over T when it sees 4 axes."""
+    return ms_resnet.ms_resnet18(num_classes=10, spiking_neuron=NEURONS["lif"])
 
 
 def unknown_neuron() -> nn.Module:

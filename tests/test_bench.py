@@ -13,6 +13,7 @@ import torch
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 sys.path.insert(0, str(BENCH))
 import common  # noqa: E402
+import convert_cost  # noqa: E402
 import gpu_check  # noqa: E402
 import grad_agreement  # noqa: E402
 import onnx_latency  # noqa: E402
@@ -217,3 +218,27 @@ def test_gpu_check_steps_and_report_run_on_any_device():
     assert all(r["images_per_second"] == pytest.approx(4 / r["seconds"]) for r in result["training"])
     md = gpu_check.report(result)
     assert "| rate_s | 2 |" in md and "torchrun, 2 processes: not run" in md
+
+
+@pytest.mark.slow
+def test_convert_cost_rows_save_what_they_claim():
+    """SpikingJelly's SEW-ResNet-18 at 16×16, batch 2, in this process: rate_m and memopt save less for
+    backward than SpikingJelly's BPTT, whose saved bytes grow with T; every row times."""
+    args = {"name": "sew_resnet18", "side": 16, "batch": 2, "compile_rate": "off"}
+    saved = {T: {row: convert_cost.memory(T=T, row=row, **args)["saved_bytes"] for row in convert_cost.ROWS}
+             for T in (2, 4)}
+    for rows in saved.values():
+        assert rows["rate_m"] < rows["sj_bptt"] and rows["sj_memopt"] < rows["sj_bptt"]
+    assert saved[4]["sj_bptt"] > saved[2]["sj_bptt"]
+    seconds = convert_cost.timing(T=2, iters=1, **args)
+    assert list(seconds) == list(convert_cost.ROWS) and all(t > 0 for t in seconds.values())
+
+
+@pytest.mark.slow
+def test_convert_cost_writes_its_table_and_json(tmp_path):
+    convert_cost.main(["--T", "2", "--side", "16", "--batch", "2", "--iters", "1", "--out", str(tmp_path)])
+    report = json.loads((tmp_path / "convert_cost.json").read_text())
+    [result] = report["results"]
+    assert (result["model"], result["T"], list(result["rows"])) == ("sew_resnet18", 2, list(convert_cost.ROWS))
+    assert all(m["peak_rss_bytes"] > 0 and m["seconds"] > 0 for m in result["rows"].values())
+    assert "| sew_resnet18 | 2 | rate_m |" in (tmp_path / "convert_cost.md").read_text()

@@ -13,7 +13,7 @@ import convert_models as cm
 import snnkit
 from snnkit.checkpoint import atomic_save, make_checkpoint
 from snnkit.cli.main import app
-from snnkit.errors import ConfigError
+from snnkit.errors import ConfigError, ConversionError
 from snnkit.models import ModelSpec, build_model
 from test_convert import REFUSALS, assert_same_spikes
 
@@ -25,13 +25,18 @@ def user(function: str) -> str:
     return f"{MODELS_FILE}:{function}"
 
 
+def cifar_data(side: int) -> str:
+    """A CIFAR-10-shaped dataset at 3×side×side (8 training, 4 test samples), found by its name."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(12, 3, side, side, generator=g) * 2, torch.arange(12) % 10
+    name = f"convert_test_data_{side}"
+    snnkit.tensor_data(name, train=(x[:8], y[:8]), test=(x[8:], y[8:]), classes=10)
+    return name
+
+
 @pytest.fixture
 def data():
-    """A CIFAR-10-shaped dataset at 3×16×16 (8 training, 4 test samples), found by name."""
-    g = torch.Generator().manual_seed(0)
-    x, y = torch.rand(12, 3, 16, 16, generator=g) * 2, torch.arange(12) % 10
-    snnkit.tensor_data("convert_test_data", train=(x[:8], y[:8]), test=(x[8:], y[8:]), classes=10)
-    return "convert_test_data"
+    return cifar_data(16)
 
 
 def train_args(out: Path, name: str, data: str, *extra: str) -> list[str]:
@@ -50,6 +55,19 @@ def one_line_error(result, message: str) -> None:
 def test_refusals_through_the_cli(name, tmp_path, data):
     result = runner.invoke(app, train_args(tmp_path, user(name), data))
     one_line_error(result, REFUSALS[name])
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("name", REFUSALS)
+def test_refusals_through_the_python_api(name, tmp_path, data):
+    """snnkit.train refuses before the run directory exists; snnkit.convert with the same sentence."""
+    config = snnkit.configure(method={"name": "rate_m", "T": 2}, model={"name": user(name)},
+                              data={"name": data, "batch_size": 4}, optim={"epochs": 1},
+                              run={"out_dir": str(tmp_path), "name": "run", "device": "cpu"})
+    for call in (lambda: snnkit.train(config, progress=False), lambda: snnkit.convert(getattr(cm, name)())):
+        with pytest.raises(ConversionError) as e:
+            call()
+        assert str(e.value).startswith(REFUSALS[name]) and "\n" not in str(e.value)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -132,29 +150,56 @@ def test_the_zoo_needs_no_model_option(tmp_path, data):
     assert isinstance(snnkit.load(run), snnkit.spiking.SpikingNet)
 
 
+EVERY_ONNX_FORM = [[], ["--streaming"], ["--quantize", "int8"]]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("function,forms", [
-    ("sew_resnet18", [[], ["--streaming"]]),
-    ("snntorch_convnet", [[], ["--streaming"], ["--quantize", "int8"], ["--format", "nir"]]),
-    ("sj_avgpool_net", [[], ["--streaming"], ["--quantize", "int8"], ["--format", "nir"]]),
+@pytest.mark.parametrize("function,kwargs,side,forms", [
+    ("spiking_resnet18", {}, 16, EVERY_ONNX_FORM),
+    ("sew_resnet18", {}, 16, EVERY_ONNX_FORM),
+    ("plif_net", {"net": "CIFAR10Net"}, 32, EVERY_ONNX_FORM),
+    ("snntorch_convnet", {}, 16, [*EVERY_ONNX_FORM, ["--format", "nir"]]),
+    ("sj_avgpool_net", {}, 16, [*EVERY_ONNX_FORM, ["--format", "nir"]]),
 ])
-def test_train_export_every_form_and_eval_pass(function, forms, tmp_path, data):
+def test_train_export_every_form_and_eval_pass(function, kwargs, side, forms, tmp_path):
+    """Every ONNX form for each family; NIR where it applies (no max pooling: the avg-pool nets, of
+    which snnTorch's and SpikingJelly's IF net reset hard)."""
     name = user(function)
-    result = runner.invoke(app, train_args(tmp_path, name, data))
+    result = runner.invoke(app, train_args(tmp_path, name, cifar_data(side), "--set",
+                                           f"model.kwargs={json.dumps(kwargs)}"))
     assert result.exit_code == 0, result.output
     run = tmp_path / "run"
     for form in forms:
         result = runner.invoke(app, ["export", str(run), "--model", name, *form])
         assert result.exit_code == 0, result.output
-    for graph in [p for p in run.iterdir() if p.suffix == ".onnx"]:
+    graphs = [p for p in run.iterdir() if p.suffix == ".onnx"]
+    assert len(graphs) == len(EVERY_ONNX_FORM)
+    for graph in graphs:
         result = runner.invoke(app, ["eval", "--onnx", str(graph), "--model", name])
         assert result.exit_code == 0 and "PASS" in result.output, result.output
     # the trained weights go back into the user's own model, which then computes the same spikes (with
     # batch statistics, where these tiny runs' neurons fire; snnTorch's BN sees one step per call, so
     # it is compared with the running statistics the run learnt)
     net = snnkit.load(run, model=name)
-    original = getattr(cm, function)()
+    original = getattr(cm, function)(**kwargs)
     original.load_state_dict(snnkit.to_original_state_dict(net, original))
     train = function != "snntorch_convnet"
     with torch.no_grad():
-        assert_same_spikes(original.train(train), net.train(train), torch.rand(2, 2, 3, 16, 16) * 4)
+        assert_same_spikes(original.train(train), net.train(train), torch.rand(2, 2, 3, side, side) * 4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", EVERY_ONNX_FORM)
+def test_what_the_exporter_cannot_express_is_one_line(form, tmp_path):
+    """The zoo's VGG pools its 1×1 map at 32×32 to 7×7 (AdaptiveAvgPool2d), which torch's ONNX
+    exporter cannot write (the output size does not divide the input's): one line, exit 2, no file."""
+    name = user("spiking_vgg11_bn")
+    assert runner.invoke(app, train_args(tmp_path, name, cifar_data(32))).exit_code == 0
+    run = tmp_path / "run"
+    before = sorted(p.name for p in run.iterdir())
+    result = runner.invoke(app, ["export", str(run), "--model", name, *form])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    *notes, error = result.output.strip().splitlines()  # int8 logs its opset first
+    assert ("torch's ONNX exporter cannot express a layer of this network at its input size (Unsupported: ONNX "
+            "export of operator adaptive_avg_pool2d") in error and all("INFO" in n for n in notes[:1])
+    assert sorted(p.name for p in run.iterdir()) == before

@@ -53,7 +53,7 @@ def voting(upstream: nn.Linear, size: int) -> nn.Linear:
                       device=upstream.weight.device)
     layer.weight.requires_grad_(False)
     with torch.no_grad():
-        layer.weight.copy_(torch.eye(features // size).repeat_interleave(size, dim=1) / size)
+        layer.weight.copy_(torch.eye(features // size, dtype=layer.weight.dtype).repeat_interleave(size, dim=1) / size)
     return layer
 
 
@@ -143,9 +143,18 @@ class LeafTracer(fx.Tracer):
         return self.tables.knows(m)
 
 
+def autograd_state(model: nn.Module) -> dict[int, torch.Tensor]:
+    """Each tensor a module holds that an autograd graph made (a neuron's potential left over from a
+    training forward, in SpikingJelly's memories or snnTorch's buffers), by id -> a detached copy:
+    ``deepcopy`` copies only graph leaves, and the converted network keeps no neuron state."""
+    held = [v for m in model.modules() for attr in vars(m).values()
+            for v in (attr.values() if isinstance(attr, dict) else [attr])]
+    return {id(t): t.detach().clone() for t in held if isinstance(t, torch.Tensor) and t.grad_fn is not None}
+
+
 def single_step(model: nn.Module) -> nn.Module:
     """A copy of ``model`` whose SpikingJelly layers are in single-step mode."""
-    work = copy.deepcopy(model)
+    work = copy.deepcopy(model, autograd_state(model))
     try:
         from spikingjelly.activation_based import functional
     except ImportError:
