@@ -50,14 +50,14 @@ from .runtime import OUTPUTS, load_onnx
 log = logging.getLogger("snnkit.deploy")
 
 EXPORTER = "torch.onnx.export(dynamo=False), TorchScript, then onnxslim"
-
-
-class ExportUnsupported(SnnkitError):
-    """An operator the exporter has no ONNX form for, at the shapes it is traced with."""
 LEGACY_NOTICES = (r"You are using the legacy TorchScript-based ONNX export",
                   r"The feature will be removed\. Please remove usage of this function")
 FILE_NAMES = {"unrolled": "model.onnx", "streaming": "model_streaming.onnx", "int8": "model_int8.onnx",
               "nir": "model.nir"}
+
+
+class ExportUnsupported(SnnkitError):
+    """An operator the exporter has no ONNX form for, at the shapes it is traced with."""
 
 
 @dataclass(frozen=True)
