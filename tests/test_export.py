@@ -16,6 +16,7 @@ from torch import nn
 
 from deploy_helpers import DEFAULT_SHAPE, SHAPES, T, exact_input, model_and_checkpoint
 from snnkit.checkpoint import atomic_save
+from snnkit.config import config_from_dict
 from snnkit.deploy.export import export_checkpoint
 from snnkit.deploy.graph import deployable, fold_batchnorm
 from snnkit.deploy.runtime import META_KEYS, load_onnx
@@ -144,6 +145,17 @@ def test_deploy_never_imports_training_code(tmp_path):
         "('snnkit.methods', 'snnkit.training', 'snnkit.config')))))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_onnx_config_hash_is_the_training_configs_digest(tmp_path):
+    """One hash (snnkit.digest): the exported file names the config as results.json does."""
+    cfg = config_from_dict({"method": {"name": "rate_m", "T": T}, "optim": {"lr": 0.05}})
+    _, ckpt = model_and_checkpoint("digits_convnet")
+    ckpt["config"] = cfg.to_dict()
+    atomic_save(ckpt, tmp_path / "checkpoint.pt")
+    meta = load_onnx(export_checkpoint(tmp_path, tmp_path / "m.onnx").path).meta
+    other = config_from_dict({"method": {"name": "rate_m", "T": T}, "optim": {"lr": 0.1}})
+    assert meta["config_hash"] == cfg.digest() != other.digest()
 
 
 def test_event_data_goes_in_time_major_with_a_dynamic_batch(tmp_path):

@@ -9,7 +9,8 @@ from torch import nn
 from snnkit.config import resolve_config
 from snnkit.errors import ConfigError
 from snnkit.methods import build_method
-from snnkit.methods.causal import causal_factor, coincidence, presynaptic_trace
+from snnkit.methods.causal import causal_factor, coincidence
+from snnkit.methods.layers import presynaptic_trace
 from snnkit.methods.losses import ce_mse, check_loss, sequence_loss, tet
 from snnkit.neuron import NeuronParams
 from snnkit.spiking import LIF, SpikingNet

@@ -1,5 +1,5 @@
-"""What the trace-based methods share: the parametric ops, each layer's postsynaptic LIF, and
-forward replacements scoped to a ``with`` block.
+"""What the trace-based methods share: the presynaptic trace, the parametric ops, each layer's
+postsynaptic LIF, and forward replacements scoped to a ``with`` block.
 
 A model body is walked in registration order (the order the architectures call their layers in);
 the LIF layer registered next after a conv/linear/BN layer is the one its output drives. Layers
@@ -17,6 +17,33 @@ from torch import nn
 from ..spiking import LIF
 
 ParametricOp = Callable[[nn.Module, torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
+def trace_step(previous, x, decay: float):
+    """The presynaptic trace's recurrence ``â[t] = λ·â[t−1] + x[t]``, the one every online method
+    (OTTT, SAF, the causal scaling) runs; on a constant input 1 it is ``ρ[t] = 1 + λ + … + λ^{t−1}``."""
+    return decay * previous + x
+
+
+class Trace:
+    """One input's trace ``â[t]`` and the bias's ``ρ[t]``, both starting at 0; no autograd."""
+
+    def __init__(self, decay: float):
+        self.decay = decay
+        self.value: torch.Tensor | float = 0.0
+        self.rho = 0.0
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        self.value = trace_step(self.value, x, self.decay)
+        self.rho = trace_step(self.rho, 1.0, self.decay)
+        return self.value
+
+
+def presynaptic_trace(x_seq: torch.Tensor, decay: float) -> torch.Tensor:
+    """``[T, ...]`` -> ``â[t] = λ·â[t−1] + x[t]``, same shape."""
+    trace = Trace(decay)
+    return torch.stack([trace.update(x) for x in x_seq])
 
 
 def _conv(layer, x, weight, bias):

@@ -23,7 +23,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..spiking import LIF, Mode, SingleStep, firing_rate, neuron_mode
 from .base import Method, StepOutput, register_method
-from .layers import ParametricOp, next_lif, parametric_op, replaced_forwards
+from .layers import ParametricOp, Trace, next_lif, parametric_op, replaced_forwards
 from .losses import check_loss, step_loss
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -36,21 +36,6 @@ class DetachedStep(SingleStep):
         s = super().__call__(lif, x)
         self.v = self.v.detach()
         return s
-
-
-class Trace:
-    """``â[t] = λ·â[t−1] + x[t]`` of one layer's input and ``ρ[t] = λ·ρ[t−1] + 1``; no autograd."""
-
-    def __init__(self, decay: float):
-        self.decay = decay
-        self.value: Optional[torch.Tensor] = None
-        self.rho = 0.0
-
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> torch.Tensor:
-        self.value = x.detach() if self.value is None else self.decay * self.value + x
-        self.rho = self.decay * self.rho + 1.0
-        return self.value
 
 
 def trace_forward(layer: nn.Module, op: ParametricOp, trace: Trace, x: torch.Tensor) -> torch.Tensor:
