@@ -147,6 +147,20 @@ def test_deploy_never_imports_training_code(tmp_path):
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
+def test_importing_deploy_loads_the_core_but_not_the_rate_method():
+    """The core (neuron, spiking, surrogate) knows no method: importing every deploy module in a
+    fresh interpreter loads the LIF layer and nothing of snnkit.methods (the rate spike pass)."""
+    code = ("import importlib, json, pkgutil, sys\n"
+            "import snnkit.deploy\n"
+            "for m in pkgutil.iter_modules(snnkit.deploy.__path__):\n"
+            "    importlib.import_module('snnkit.deploy.' + m.name)\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('snnkit.'))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {"snnkit.spiking", "snnkit.neuron", "snnkit.deploy.export"} <= set(loaded)
+    assert [m for m in loaded if m.startswith("snnkit.methods")] == []
+
+
 def test_the_onnx_config_hash_is_the_training_configs_digest(tmp_path):
     """One hash (snnkit.digest): the exported file names the config as results.json does."""
     cfg = config_from_dict({"method": {"name": "rate_m", "T": T}, "optim": {"lr": 0.05}})

@@ -3,7 +3,8 @@ surrogate against autograd, and SpikingJelly's fused LIF against the reference l
 import pytest
 import torch
 
-from snnkit.neuron import NeuronParams, lif_multistep, lif_multistep_record, lif_step
+from snnkit.methods.rate.eligibility import lif_multistep_record
+from snnkit.neuron import NeuronParams, lif_multistep, lif_step
 from snnkit.spiking import LIF, MultiStep, SingleStep, neuron_mode, spikingjelly_multistep
 from snnkit.surrogate import heaviside, make_surrogate, sigmoid_grad
 

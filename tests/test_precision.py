@@ -7,7 +7,7 @@ from torch import nn
 from snnkit.config import resolve_config
 from snnkit.errors import ConfigError
 from snnkit.methods import build_method
-from snnkit.methods.batchnorm import SyncBatchNorm, convert_sync_batchnorm
+from snnkit.training.distributed import SyncBatchNorm, convert_sync_batchnorm
 from snnkit.models import ModelSpec, build_model
 from snnkit.neuron import NeuronParams, lif_multistep
 from snnkit.spiking import LIF, SpikingNet

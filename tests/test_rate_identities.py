@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from snnkit.methods import METHODS, build_method
-from snnkit.methods.batchnorm import batchnorm_layers, spike_statistics
+from snnkit.methods.rate.batchnorm import batchnorm_layers, spike_statistics
 from snnkit.models import ModelSpec, build_model
-from snnkit.neuron import NeuronParams, lif_multistep, lif_multistep_record
+from snnkit.methods.rate.eligibility import lif_multistep_record
+from snnkit.neuron import NeuronParams, lif_multistep
 from snnkit.spiking import spiking_layers
 
 RESET_MODES = [("soft", True), ("soft", False), ("hard", True), ("hard", False)]

@@ -14,8 +14,6 @@ from typing import Callable, Iterator, NamedTuple, Optional
 import torch
 from torch import nn
 
-from . import fast
-from .fast import FastSpikePass
 from .neuron import NeuronParams, lif_multistep, lif_step
 from .surrogate import heaviside
 
@@ -45,7 +43,10 @@ class LIF(nn.Module):
 
 
 class Mode:
-    """Per-layer behaviour for one ``with neuron_mode(...)`` block; counts spikes per sample."""
+    """Per-layer behaviour for one ``with neuron_mode(...)`` block; counts spikes per sample.
+
+    A method that needs its own neuron behaviour (the rate method's spike and rate passes, SAF's
+    accumulated neuron, OTTT's detached step) subclasses a mode; the LIF layer knows none of them."""
 
     def __init__(self):
         self.spike_counts: Optional[torch.Tensor] = None  # [B], summed over neurons and steps
@@ -62,96 +63,50 @@ class Mode:
     def __call__(self, lif: LIF, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def recorded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(r, g) of a recording spike pass."""
-        raise RuntimeError(f"{type(self).__name__} did not record rates; pass record=True")
-
 
 class MultiStep(Mode):
     """Input ``[T·B, ...]`` holding all T steps (time-major); the loop over T runs inside.
 
     With autograd on, the surrogate carries the gradient; where SpikingJelly's fused multi-step
-    LIF applies it runs the loop, otherwise the reference loop does. With ``record`` (no autograd)
-    it keeps the rate r and eligibility g of docs/spec/rate_backprop.md §2.1, computed by ``recorder``
-    (:data:`snnkit.fast.multistep_record` unless given).
+    LIF applies it runs the loop, otherwise the reference loop does. Subclasses change
+    :meth:`run`, the loop itself.
     """
 
-    def __init__(self, T: int, record: bool = False, recorder: Optional[fast.Record] = None):
+    def __init__(self, T: int):
         super().__init__()
-        self.T, self.record, self.recorder = T, record, recorder
-        self.rate: Optional[torch.Tensor] = None
-        self.eligibility: Optional[torch.Tensor] = None
+        self.T = T
 
     def __call__(self, lif: LIF, x: torch.Tensor) -> torch.Tensor:
         x_seq = x.unflatten(0, (self.T, -1))  # [T·B, ...] -> [T, B, ...]
-        if self.record:
-            record = self.recorder or fast.multistep_record
-            s_seq, self.rate, self.eligibility = record(x_seq, lif.neuron, lif.surrogate)
-        elif torch.is_grad_enabled():
-            s_seq = surrogate_multistep(x_seq, lif)
-        else:
-            s_seq = lif_multistep(x_seq, lif.neuron)
+        s_seq = self.run(lif, x_seq)
         self.count(s_seq, self.T)
         return s_seq.flatten(0, 1)
 
-    def recorded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.rate is None:
-            return super().recorded()
-        return self.rate, self.eligibility
+    def run(self, lif: LIF, x_seq: torch.Tensor) -> torch.Tensor:
+        """The spikes ``[T, B, ...]`` of the layer on the currents ``x_seq``."""
+        if torch.is_grad_enabled():
+            return surrogate_multistep(x_seq, lif)
+        return lif_multistep(x_seq, lif.neuron)
 
 
 class SingleStep(Mode):
-    """One step per call with batch ``[B, ...]``; the potential persists across calls."""
+    """One step per call with batch ``[B, ...]``; the potential persists across calls. Subclasses
+    change :meth:`step`, one step of the layer."""
 
-    def __init__(self, record: bool = False):
+    def __init__(self):
         super().__init__()
         self.v: torch.Tensor | float = 0.0
-        self.recorder: Optional[FastSpikePass] = None
-        self.record = record
 
     def __call__(self, lif: LIF, x: torch.Tensor) -> torch.Tensor:
-        if self.record:  # the spike pass (no autograd): the fast pass keeps the potential
-            if self.recorder is None:
-                self.recorder = FastSpikePass(lif.neuron, lif.surrogate)
-            s = self.recorder.step(x)
-        else:
-            spike_fn = lif.surrogate.spike if torch.is_grad_enabled() else heaviside
-            s, self.v, _ = lif_step(self.v, x, lif.neuron, spike_fn)
+        s = self.step(lif, x)
         self.count(s.unsqueeze(0), 1)
         return s
 
-    def recorded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.recorder is None:
-            return super().recorded()
-        return self.recorder.result()
-
-
-class _RateValue(torch.autograd.Function):
-    """``r + g⊙c − stopgrad(g⊙c)`` (docs/spec/rate_backprop.md §2.2) without its cost: the value is r itself
-    (autograd hands out a view, no copy) and backward multiplies by g, the only tensor saved."""
-
-    @staticmethod
-    def forward(ctx, c: torch.Tensor, rate: torch.Tensor, eligibility: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(eligibility)
-        return rate
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (eligibility,) = ctx.saved_tensors
-        return grad * eligibility, None, None
-
-
-class RatePass(Mode):
-    """The rate pass: value r from the spike pass, Jacobian diag(g) with respect to the current."""
-
-    def __init__(self, rate: torch.Tensor, eligibility: torch.Tensor):
-        super().__init__()
-        self.rate, self.eligibility = rate, eligibility
-
-    def __call__(self, lif: LIF, c: torch.Tensor) -> torch.Tensor:
-        if c.shape != self.rate.shape:
-            raise RuntimeError(f"rate pass got {tuple(c.shape)}, spike pass saw {tuple(self.rate.shape)}")
-        return _RateValue.apply(c, self.rate, self.eligibility)
+    def step(self, lif: LIF, x: torch.Tensor) -> torch.Tensor:
+        """The spikes of one step on current ``x``, advancing the potential."""
+        spike_fn = lif.surrogate.spike if torch.is_grad_enabled() else heaviside
+        s, self.v, _ = lif_step(self.v, x, lif.neuron, spike_fn)
+        return s
 
 
 def spikingjelly_applies(x_seq: torch.Tensor, p: NeuronParams) -> bool:
@@ -233,18 +188,20 @@ class SpikingNet(nn.Module):
         logits_seq, modes = self.run_multistep(x_seq)
         return SpikeOutput(logits_seq, spike_counts(modes))
 
-    def run_multistep(self, x_seq: torch.Tensor, record: bool = False, recorder: Optional[fast.Record] = None
+    def run_multistep(self, x_seq: torch.Tensor, mode: Callable[[int], MultiStep] = MultiStep
                       ) -> tuple[torch.Tensor, list[Mode]]:
         """Stateless layers on all T·B samples at once; returns ([T, B, classes], the layers' modes).
-        With ``record``, each LIF layer's r and g come from ``recorder`` (see :class:`MultiStep`)."""
+        Each LIF layer runs ``mode(T)`` (a method's own :class:`MultiStep`, e.g. a spike pass)."""
         T = x_seq.shape[0]
-        with neuron_mode(self.body, lambda _: MultiStep(T, record, recorder)) as modes:
+        with neuron_mode(self.body, lambda _: mode(T)) as modes:
             y = self.body(x_seq.flatten(0, 1))  # [T, B, ...] -> [T·B, ...]
         return y.unflatten(0, (T, -1)), modes
 
-    def run_singlestep(self, x_seq: torch.Tensor, record: bool = False) -> tuple[torch.Tensor, list[Mode]]:
-        """A loop over t with batch B per call; returns ([T, B, classes], the layers' modes)."""
-        with neuron_mode(self.body, lambda _: SingleStep(record)) as modes:
+    def run_singlestep(self, x_seq: torch.Tensor, mode: Callable[[], SingleStep] = SingleStep
+                       ) -> tuple[torch.Tensor, list[Mode]]:
+        """A loop over t with batch B per call; returns ([T, B, classes], the layers' modes).
+        Each LIF layer runs ``mode()``."""
+        with neuron_mode(self.body, lambda _: mode()) as modes:
             y = torch.stack([self.body(x) for x in x_seq])
         return y, modes
 

@@ -6,8 +6,9 @@ each BN's forward with the straight-through form: value from the spike-pass stat
 from the rate-pass batch statistics. BN's own forward (and its running statistics) is untouched
 outside these blocks.
 
-Under torchrun with ``run.sync_bn``, every BN is a :class:`SyncBatchNorm`, and both the recorded
-statistics and the straight-through batch statistics are taken over the global batch.
+Under torchrun with ``run.sync_bn``, every BN is a SyncBatchNorm
+(:func:`snnkit.training.distributed.convert_sync_batchnorm`), and both the recorded statistics and
+the straight-through batch statistics are taken over the global batch.
 """
 from __future__ import annotations
 
@@ -65,44 +66,10 @@ def channel_stats(a: torch.Tensor, sync: bool) -> tuple[torch.Tensor, torch.Tens
     return channel_moments(a, sync)[:2]
 
 
-def _syncs(bn: _BatchNorm) -> bool:
+def syncs(bn: _BatchNorm) -> bool:
+    """``bn`` takes its statistics over the ranks of a running process group."""
     return isinstance(bn, nn.SyncBatchNorm) and dist.is_available() and dist.is_initialized() \
         and dist.get_world_size() > 1
-
-
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """``nn.SyncBatchNorm`` that also runs on CPU (gloo), where PyTorch's refuses: there, training
-    statistics come from :func:`channel_moments` over all ranks. Elsewhere PyTorch's fused kernels
-    run unchanged."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or not self.training or not _syncs(self):
-            return super().forward(x)
-        mean, var, count = channel_moments(x, sync=True)
-        if self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-            with torch.no_grad():
-                self.running_mean.lerp_(mean, factor)
-                self.running_var.lerp_(var * count / (count - 1).clamp_min(1), factor)
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out.to(x.dtype)
-
-
-def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm in ``module`` by :class:`SyncBatchNorm`, keeping its parameters and buffers."""
-    for name, child in module.named_children():
-        if isinstance(child, _BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
-            sync = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                 child.track_running_stats)
-            sync.load_state_dict(child.state_dict())
-            setattr(module, name, sync)
-        else:
-            convert_sync_batchnorm(child)
-    return module
 
 
 @contextmanager
@@ -112,7 +79,7 @@ def record_batchnorm(module: nn.Module) -> Iterator[BNStats]:
 
     def hook(bn, inputs):
         with torch.no_grad():
-            stats[bn].append(channel_stats(inputs[0], _syncs(bn)))
+            stats[bn].append(channel_stats(inputs[0], syncs(bn)))
 
     handles = [bn.register_forward_pre_hook(hook) for bn in stats]
     try:
@@ -177,7 +144,7 @@ class _StraightThrough(torch.autograd.Function):
 
 def _straight_through(bn: _BatchNorm, mean_spike: torch.Tensor, var_spike: torch.Tensor,
                       a: torch.Tensor) -> torch.Tensor:
-    return _StraightThrough.apply(a, bn.weight, bn.bias, mean_spike, var_spike, bn.eps, _syncs(bn))
+    return _StraightThrough.apply(a, bn.weight, bn.bias, mean_spike, var_spike, bn.eps, syncs(bn))
 
 
 @contextmanager
