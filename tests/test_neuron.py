@@ -63,7 +63,7 @@ def test_module_matches_functions(make_mode, split):
     expected = lif_multistep(x, p)
     assert torch.equal(out, expected)
     assert torch.equal(modes[0].spike_counts, expected.sum(dim=(0, 2)))
-    assert layer.mode is None
+    assert layer.layer_mode is None
 
 
 def test_layer_outside_a_mode_says_what_to_do():

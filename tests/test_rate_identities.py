@@ -93,7 +93,7 @@ def test_5_state_is_clean_after_an_iteration(method):
     for name in first:
         assert torch.equal(first[name], second[name]), name
     assert torch.is_grad_enabled()
-    assert all(layer.mode is None for layer in spiking_layers(net.body))
+    assert all(layer.layer_mode is None for layer in spiking_layers(net.body))
     for bn in batchnorm_layers(net.body):
         assert not bn._forward_pre_hooks and not bn._forward_hooks and "forward" not in vars(bn)
 

@@ -1,10 +1,14 @@
-"""The LIF layer and the scoped modes that drive it.
+"""The LIF layer and the scoped modes that drive it: snnkit's one way to change a layer at run time.
 
 A model is a plain ``nn.Module`` *body* (Conv/BN/Linear/pooling and :class:`LIF`) acting on a flat
 batch ``[N, ...]``. How a LIF layer treats its input is set for the length of a ``with`` block by
 :func:`neuron_mode`, which installs one mode object per layer and removes it on exit: neuron state
 lives in the mode, so it starts at zero in every block and can never leak between batches, or
 between training and evaluation. :class:`SpikingNet` is the user-facing wrapper on ``[T, B, ...]``.
+
+Every other run-time change of a layer goes through the same pattern, :func:`layer_modes`: AMP's
+autocast of the body, the rate method's recorded and straight-through BatchNorm, OTTT's and SAF's
+trace-driven conv/linear and SAF's accumulated BatchNorm. No code assigns ``module.forward``.
 """
 from __future__ import annotations
 
@@ -25,16 +29,19 @@ class LIF(nn.Module):
         super().__init__()
         self.neuron = neuron
         self.surrogate = neuron.make_surrogate()
-        self.mode: Optional[Mode] = None
+        self.layer_mode: Optional[Mode] = None  # read here; other modules get it by layer_modes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode is None:
+        if self.layer_mode is None:
             raise RuntimeError(
                 "a LIF layer ran outside neuron_mode(); call the SpikingNet, not its body"
             )
         # The membrane integrates in at least fp32: under autocast a bf16/fp16 current would
         # otherwise round the potential before it meets the threshold.
-        return self.mode(self, x.to(torch.promote_types(x.dtype, torch.float32)))
+        return self.layer_mode(self, x.to(torch.promote_types(x.dtype, torch.float32)))
+
+    def __getstate__(self) -> dict:  # a copy or pickle taken inside a block is the plain layer
+        return {**super().__getstate__(), "layer_mode": None}
 
     def extra_repr(self) -> str:
         p = self.neuron
@@ -139,20 +146,73 @@ def spiking_layers(module: nn.Module) -> list[LIF]:
     return [m for m in module.modules() if isinstance(m, LIF)]
 
 
+class _Moded:
+    """Put in front of a module's class for a :func:`layer_modes` block: its forward is the mode's.
+    Copies and pickles of the module are of its own class, without the mode."""
+
+    _base: type  # the module's own class
+
+    def forward(self, *args, **kwargs):
+        return self.layer_mode(self, *args, **kwargs)
+
+    def __reduce_ex__(self, protocol):
+        state = {k: v for k, v in self.__getstate__().items() if k != "layer_mode"}
+        return _new_instance, (self._base,), state
+
+
+def _new_instance(cls: type):
+    return cls.__new__(cls)
+
+
+_MODED: dict[type, type] = {}
+
+
+def _moded(cls: type) -> type:
+    if cls not in _MODED:
+        _MODED[cls] = type(cls.__name__, (_Moded, cls), {"_base": cls, "__module__": cls.__module__})
+    return _MODED[cls]
+
+
+def plain_forward(module: nn.Module, *args, **kwargs):
+    """``module``'s own forward, whatever mode is installed on it (for a mode that wraps it)."""
+    return getattr(type(module), "_base", type(module)).forward(module, *args, **kwargs)
+
+
+def has_mode(module: nn.Module) -> bool:
+    return getattr(module, "layer_mode", None) is not None
+
+
+@contextmanager
+def layer_modes(modes: dict[nn.Module, Callable]) -> Iterator[None]:
+    """For the block, each module ``m`` computes ``modes[m](m, *inputs)`` instead of its forward; on
+    exit, even on error, it is the plain module again. A LIF layer reads its mode itself; any other
+    module has its class fronted by one whose forward is the mode, so its parameters, buffers,
+    hooks and ``state_dict`` are untouched, and ``isinstance`` still holds. A copy or pickle taken
+    inside the block is the plain module. Blocks on the same module cannot be nested."""
+    if any(has_mode(m) for m in modes):
+        raise RuntimeError("mode blocks on the same layers cannot be nested")
+    for m, mode in modes.items():
+        if not isinstance(m, LIF):
+            m.__class__ = _moded(type(m))
+        m.layer_mode = mode
+    try:
+        yield
+    finally:
+        for m in modes:
+            if isinstance(m, LIF):
+                m.layer_mode = None
+            else:
+                m.__class__ = type(m)._base
+                del m.layer_mode
+
+
 @contextmanager
 def neuron_mode(module: nn.Module, make: Callable[[LIF], Mode]) -> Iterator[list[Mode]]:
     """Install ``make(layer)`` on every LIF layer of ``module`` for the block; yields the modes."""
     layers = spiking_layers(module)
-    if any(layer.mode is not None for layer in layers):
-        raise RuntimeError("neuron_mode blocks on the same layers cannot be nested")
     modes = [make(layer) for layer in layers]
-    for layer, mode in zip(layers, modes):
-        layer.mode = mode
-    try:
+    with layer_modes(dict(zip(layers, modes))):
         yield modes
-    finally:
-        for layer in layers:
-            layer.mode = None
 
 
 def spike_counts(modes: list[Mode]) -> torch.Tensor:

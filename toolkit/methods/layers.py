@@ -1,5 +1,5 @@
-"""What the trace-based methods share: the presynaptic trace, the parametric ops, each layer's
-postsynaptic LIF, and forward replacements scoped to a ``with`` block.
+"""What the trace-based methods share: the presynaptic trace, the parametric ops and each layer's
+postsynaptic LIF. The methods change a layer's computation with :func:`snnkit.spiking.layer_modes`.
 
 A model body is walked in registration order (the order the architectures call their layers in);
 the LIF layer registered next after a conv/linear/BN layer is the one its output drives. Layers
@@ -7,8 +7,7 @@ registered after the last LIF form the readout: no membrane follows them.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -78,16 +77,3 @@ def next_lif(body: nn.Module) -> dict[nn.Module, Optional[LIF]]:
             following[m] = lif
     return following
 
-
-@contextmanager
-def replaced_forwards(forwards: dict[nn.Module, Callable]) -> Iterator[None]:
-    """Each module's ``forward`` is replaced for the block and restored on exit, even on error."""
-    if any("forward" in vars(m) for m in forwards):
-        raise RuntimeError("a layer's forward is already replaced; these blocks cannot be nested")
-    for m, forward in forwards.items():
-        m.forward = forward
-    try:
-        yield
-    finally:
-        for m in forwards:
-            del m.forward

@@ -24,10 +24,10 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import ConfigError
-from ..spiking import LIF, Mode, firing_rate, neuron_mode, spiking_layers
+from ..spiking import LIF, Mode, firing_rate, layer_modes, neuron_mode, plain_forward, spiking_layers
 from ..surrogate import heaviside
 from .base import NoOptions, StepOutput, register_method
-from .layers import ParametricOp, Trace, leaf_layers, next_lif, parametric_op, replaced_forwards, trace_step
+from .layers import ParametricOp, Trace, leaf_layers, next_lif, parametric_op, trace_step
 from .online import OnlineMethod
 
 # Layers that act on accumulated values unchanged (linear and the same at every step).
@@ -55,21 +55,23 @@ class Accumulated(Mode):
         return {"trace": trace, "spike": s, "mean": total / self.steps}[self.emit]
 
 
-def accumulated_op(layer: nn.Module, op: ParametricOp, clock: Trace, a: torch.Tensor) -> torch.Tensor:
-    """``W·â[t] + b·ρ[t]``: one op; gradient to W is ``g ⊗ â[t]``."""
+def accumulated_op(op: ParametricOp, clock: Trace, layer: nn.Module, a: torch.Tensor) -> torch.Tensor:
+    """SAF's mode of a hidden conv/linear layer, ``W·â[t] + b·ρ[t]``: one op; gradient to W is
+    ``g ⊗ â[t]``."""
     return op(layer, a, layer.weight, None if layer.bias is None else layer.bias * clock.rho)
 
 
 class AccumulatedBatchNorm:
-    """BN of the step's current ``Û[t] − λ·Û[t−1]`` (step statistics), accumulated again."""
+    """SAF's mode of a BN layer: BN of the step's current ``Û[t] − λ·Û[t−1]`` (step statistics),
+    accumulated again."""
 
-    def __init__(self, bn: _BatchNorm, decay: float):
-        self.bn, self.decay = bn, decay
+    def __init__(self, decay: float):
+        self.decay = decay
         self.last_in: torch.Tensor | float = 0.0
         self.last_out: torch.Tensor | float = 0.0
 
-    def __call__(self, acc: torch.Tensor) -> torch.Tensor:
-        out = type(self.bn).forward(self.bn, acc - self.decay * self.last_in)
+    def __call__(self, bn: _BatchNorm, acc: torch.Tensor) -> torch.Tensor:
+        out = plain_forward(bn, acc - self.decay * self.last_in)
         out = trace_step(self.last_out, out, self.decay)
         self.last_in, self.last_out = acc.detach(), out.detach()
         return out
@@ -106,11 +108,11 @@ class SAF(OnlineMethod):
             if lif is None:  # the readout runs unchanged on the last LIF's output
                 continue
             if op is not None:
-                forwards[layer] = partial(accumulated_op, layer, op, clock)
+                forwards[layer] = partial(accumulated_op, op, clock)
             elif isinstance(layer, _BatchNorm):
-                forwards[layer] = AccumulatedBatchNorm(layer, decay)
+                forwards[layer] = AccumulatedBatchNorm(decay)
         emit = {lif: "trace" for lif in lifs} | {lifs[-1]: self.readout_input}
-        with replaced_forwards(forwards), neuron_mode(body, lambda lif: Accumulated(emit[lif])) as modes:
+        with layer_modes(forwards), neuron_mode(body, lambda lif: Accumulated(emit[lif])) as modes:
             yield (lambda x: body(clock.update(x))), modes
 
 

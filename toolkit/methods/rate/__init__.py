@@ -94,7 +94,8 @@ class RateBackprop(Method):
     def spike_pass(self, net, x_seq) -> SpikePass:
         with record_batchnorm(net.body) as bn_stats:
             if self.multistep:
-                logits_seq, modes = net.run_multistep(x_seq, partial(MultiStepSpikePass, recorder=self.recorder))
+                mode = partial(MultiStepSpikePass, recorder=self.recorder)
+                logits_seq, modes = net.run_multistep(x_seq, mode)
             else:
                 logits_seq, modes = net.run_singlestep(x_seq, SingleStepSpikePass)
         return SpikePass(logits_seq, modes, bn_stats)
