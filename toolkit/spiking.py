@@ -179,6 +179,7 @@ def plain_forward(module: nn.Module, *args, **kwargs):
 
 
 def has_mode(module: nn.Module) -> bool:
+    """A :func:`layer_modes` block holds a mode on ``module`` now."""
     return getattr(module, "layer_mode", None) is not None
 
 
