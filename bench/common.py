@@ -175,7 +175,7 @@ def lif_inputs(net: spiking.SpikingNet, x_seq: torch.Tensor) -> list[tuple[LIF, 
         lambda lif, args: seen.append((lif, args[0].unflatten(0, (x_seq.shape[0], -1)).clone())))
         for lif in spiking.spiking_layers(net.body)]
     try:
-        net.run_multistep(x_seq, record=True)
+        net.run_multistep(x_seq)
     finally:
         for h in hooks:
             h.remove()

@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -38,10 +39,11 @@ from common import (Floor, Memopt, SavedTensorMeter, interleaved_medians, lif_in
 from peers import PEERS  # noqa: E402
 
 from snnkit.config import RunConfig  # noqa: E402
-from snnkit.fast import MultistepRecorder, fast_multistep_record  # noqa: E402
 from snnkit.methods import METHODS, build_method  # noqa: E402
+from snnkit.methods.rate.eligibility import lif_multistep_record  # noqa: E402
+from snnkit.methods.rate.fast import MultistepRecorder, fast_multistep_record  # noqa: E402
+from snnkit.methods.rate.modes import MultiStepSpikePass  # noqa: E402
 from snnkit.models import ModelSpec, build_model  # noqa: E402
-from snnkit.neuron import lif_multistep_record  # noqa: E402
 from snnkit.training.precision import Precision, configure_backends  # noqa: E402
 
 log = logging.getLogger("bench.train_cost")
@@ -130,13 +132,13 @@ def spike_pass(net, x_seq, s: Setting, device) -> dict:
     recorders = {"reference": lif_multistep_record, "eager": fast_multistep_record, "fused": fused}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     start = time.perf_counter()
-    net.run_multistep(x_seq, record=True, recorder=fused)
+    net.run_multistep(x_seq, partial(MultiStepSpikePass, recorder=fused))
     sync()
     out = {"fused_first_call_seconds": time.perf_counter() - start}
     currents = lif_inputs(net, x_seq)
 
     def network(record):
-        return lambda: net.run_multistep(x_seq, record=True, recorder=record)
+        return lambda: net.run_multistep(x_seq, partial(MultiStepSpikePass, recorder=record))
 
     def lif_layers(record):
         return lambda: [record(x, lif.neuron, lif.surrogate) for lif, x in currents]

@@ -33,6 +33,7 @@ from torch.func import functional_call
 
 from snnkit.errors import SnnkitError
 from snnkit.spiking import LIF, SpikingNet
+from snnkit.tracing import trace
 
 log = logging.getLogger("snnkit.deploy")
 
@@ -64,11 +65,6 @@ def add(_, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 SUMS = {nn.AvgPool2d: sum_pool, nn.AdaptiveAvgPool2d: adaptive_sum_pool, operator.add: add, torch.add: add}
 PASSES = {nn.Identity, nn.Flatten, nn.Dropout, torch.flatten, "flatten", "view", "reshape"}
 SELECTS = {nn.MaxPool2d}
-
-
-class Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, LIF) or super().is_leaf_module(m, qualname)
 
 
 @dataclass(frozen=True)
@@ -183,7 +179,7 @@ def trace_units(body: nn.Module, example: torch.Tensor):
 
     Returns (sources: name -> leaf tensor standing for its output, fed: [(name, module, input, kind)]
     for every synaptic layer, its input in units of spikes as a function of the sources)."""
-    graph = Tracer().trace(body)
+    graph = trace(body)
     env: dict[fx.Node, object] = {}
     kind: dict[fx.Node, str] = {}
     sources: dict[str, torch.Tensor] = {}

@@ -36,6 +36,7 @@ import torch
 
 from snnkit import __version__
 from snnkit.checkpoint import load_checkpoint, model_from_checkpoint, nonfinite, resolve_checkpoint_path
+from snnkit.digest import config_hash
 from snnkit.errors import SnnkitError
 from snnkit.files import atomic_write
 from snnkit.spiking import SpikingNet
@@ -69,10 +70,6 @@ class ExportResult:
     layers: int
     opset: Optional[int]  # None for NIR
     detail: str = ""  # what the form adds to the one-line summary
-
-
-def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def file_sha256(path: Path) -> str:

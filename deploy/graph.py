@@ -22,6 +22,7 @@ from torch import fx, nn
 
 from snnkit.neuron import lif_step
 from snnkit.spiking import LIF, Mode, SpikingNet, neuron_mode, spike_counts
+from snnkit.tracing import trace
 
 FOLDABLE = (nn.Conv2d, nn.Linear)
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -62,11 +63,6 @@ def fold_batchnorm(body: nn.Module) -> nn.Module:
         raise ValueError(f"BatchNorm layers {left} do not follow a conv/linear in a Sequential; "
                          "they cannot be folded")
     return body
-
-
-class LIFLeaves(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, LIF) or super().is_leaf_module(m, qualname)
 
 
 def tile_steps(x: torch.Tensor, T: int) -> torch.Tensor:
@@ -133,7 +129,7 @@ class TimeUnrolled(nn.Module):
     def __init__(self, body: nn.Module, T: int, kind: str, probes: bool = False):
         super().__init__()
         self.body, self.T, self.kind, self.probes = body, T, kind, probes
-        self.step_graph = fx.GraphModule(body, LIFLeaves().trace(body))
+        self.step_graph = fx.GraphModule(body, trace(body))
         once, fed = split_once_per_sample(self.step_graph, T) if kind == "static" else ([], [])
         self.computed_once: tuple[str, ...] = tuple(once)  # modules run once per sample, not T times
         self.constant_fed = {body.get_submodule(name) for name in fed}

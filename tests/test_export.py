@@ -16,6 +16,7 @@ from torch import nn
 
 from deploy_helpers import DEFAULT_SHAPE, SHAPES, T, exact_input, model_and_checkpoint
 from snnkit.checkpoint import atomic_save
+from snnkit.config import config_from_dict
 from snnkit.deploy.export import export_checkpoint
 from snnkit.deploy.graph import deployable, fold_batchnorm
 from snnkit.deploy.metadata import META_KEYS
@@ -146,6 +147,31 @@ def test_deploy_never_imports_training_code(tmp_path):
         "('snnkit.methods', 'snnkit.training', 'snnkit.config')))))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
+def test_importing_deploy_loads_the_core_but_not_the_rate_method():
+    """The core (neuron, spiking, surrogate) knows no method: importing every deploy module in a
+    fresh interpreter loads the LIF layer and nothing of snnkit.methods (the rate spike pass)."""
+    code = ("import importlib, json, pkgutil, sys\n"
+            "import snnkit.deploy\n"
+            "for m in pkgutil.iter_modules(snnkit.deploy.__path__):\n"
+            "    importlib.import_module('snnkit.deploy.' + m.name)\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith('snnkit.'))))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {"snnkit.spiking", "snnkit.neuron", "snnkit.deploy.export"} <= set(loaded)
+    assert [m for m in loaded if m.startswith("snnkit.methods")] == []
+
+
+def test_the_onnx_config_hash_is_the_training_configs_digest(tmp_path):
+    """One hash (snnkit.digest): the exported file names the config as results.json does."""
+    cfg = config_from_dict({"method": {"name": "rate_m", "T": T}, "optim": {"lr": 0.05}})
+    _, ckpt = model_and_checkpoint("digits_convnet")
+    ckpt["config"] = cfg.to_dict()
+    atomic_save(ckpt, tmp_path / "checkpoint.pt")
+    meta = load_onnx(export_checkpoint(tmp_path, tmp_path / "m.onnx").path).meta
+    other = config_from_dict({"method": {"name": "rate_m", "T": T}, "optim": {"lr": 0.1}})
+    assert meta["config_hash"] == cfg.digest() != other.digest()
 
 
 def test_event_data_goes_in_time_major_with_a_dynamic_batch(tmp_path):

@@ -3,11 +3,13 @@ import pytest
 import torch
 from torch import nn
 
-from snnkit import fast, spiking
-from snnkit.fast import FastSpikePass, MultistepRecorder, fast_multistep_record
 from snnkit.methods import build_method
+from snnkit.methods.rate import fast, modes
+from snnkit.methods.rate.eligibility import RateRecorder, lif_multistep_record
+from snnkit.methods.rate.fast import FastSpikePass, MultistepRecorder, fast_multistep_record
+from snnkit.methods.rate.modes import MultiStepSpikePass, SingleStepSpikePass
 from snnkit.models import ModelSpec, build_model
-from snnkit.neuron import NeuronParams, RateRecorder, lif_multistep_record, lif_step
+from snnkit.neuron import NeuronParams, lif_step
 from snnkit.spiking import LIF, SpikingNet
 from snnkit.surrogate import Surrogate, sigmoid_grad
 
@@ -112,10 +114,12 @@ def test_net_spike_pass_matches_reference(p, layout):
     """Both call sites (MultiStep and SingleStep recording) record the reference's r and g."""
     net = tiny_net(p)
     x_seq = torch.randn(4, 5, 6)
-    run = net.run_multistep if layout == "multi" else net.run_singlestep
     with torch.no_grad():
-        _, modes = run(x_seq, record=True)
-    for mode, x in zip(modes, layer_inputs(net, x_seq)):
+        if layout == "multi":
+            _, spike_modes = net.run_multistep(x_seq, lambda T: MultiStepSpikePass(T, MultistepRecorder()))
+        else:
+            _, spike_modes = net.run_singlestep(x_seq, SingleStepSpikePass)
+    for mode, x in zip(spike_modes, layer_inputs(net, x_seq)):
         _, r_ref, g_ref = lif_multistep_record(x, p, p.make_surrogate())
         r, g = mode.recorded()
         assert torch.equal(r, r_ref)
@@ -134,7 +138,7 @@ def test_rate_gradients_unchanged_by_fast_pass(method, monkeypatch):
 
     with_fast_pass = grads()
     monkeypatch.setattr(fast, "fast_multistep_record", lif_multistep_record)
-    monkeypatch.setattr(spiking, "FastSpikePass", ReferenceStepper)
+    monkeypatch.setattr(modes, "FastSpikePass", ReferenceStepper)
     for a, b in zip(with_fast_pass, grads()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 

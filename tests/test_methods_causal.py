@@ -1,5 +1,6 @@
 """Spike-causal gradient scaling (docs/spec/methods.md) and the named losses."""
 import copy
+from functools import partial
 
 import pytest
 import torch
@@ -9,8 +10,11 @@ from torch import nn
 from snnkit.config import resolve_config
 from snnkit.errors import ConfigError
 from snnkit.methods import build_method
-from snnkit.methods.causal import causal_factor, coincidence, presynaptic_trace
+from snnkit.methods.causal import causal_factor, coincidence
+from snnkit.methods.layers import presynaptic_trace
 from snnkit.methods.losses import ce_mse, check_loss, sequence_loss, tet
+from snnkit.methods.rate.fast import MultistepRecorder
+from snnkit.methods.rate.modes import MultiStepSpikePass
 from snnkit.neuron import NeuronParams
 from snnkit.spiking import LIF, SpikingNet
 
@@ -72,7 +76,7 @@ def test_rate_scaling_uses_rates(data):
     plain = grads("rate_m", copy.deepcopy(net), x_seq, y)
     scaled = grads("rate_m", copy.deepcopy(net), x_seq, y, grad_scale="causal", beta=0.8)
     with torch.no_grad():
-        _, modes = copy.deepcopy(net).run_multistep(x_seq, record=True)
+        _, modes = copy.deepcopy(net).run_multistep(x_seq, partial(MultiStepSpikePass, recorder=MultistepRecorder()))
         rate, _ = modes[0].recorded()
         c = torch.einsum("bo,bi->oi", rate, x_seq.mean(0))
     torch.testing.assert_close(scaled["body.0.weight"], plain["body.0.weight"] * causal_factor(c, 0.8))

@@ -1,6 +1,7 @@
 """OTTT, SLTT and SAF: the identities of docs/spec/methods.md, constant memory in T, clean state,
 start-up checks."""
 import copy
+import math
 
 import pytest
 import torch
@@ -10,9 +11,10 @@ from snnkit.config import resolve_config
 from snnkit.data import encode, load_dataset
 from snnkit.errors import ConfigError
 from snnkit.methods import METHODS, build_method
+from snnkit.methods.layers import Trace, presynaptic_trace
 from snnkit.models import ModelSpec, build_model
 from snnkit.neuron import NeuronParams
-from snnkit.spiking import LIF, SpikingNet
+from snnkit.spiking import LIF, SpikingNet, has_mode
 from snnkit.training import Trainer
 
 ONLINE = ["ottt_a", "ottt_o", "sltt", "sltt_k", "saf_e", "saf_f"]
@@ -53,6 +55,18 @@ def assert_grads_equal(a: dict, b: dict, atol: float):
     assert a.keys() == b.keys()
     for n in a:
         torch.testing.assert_close(a[n], b[n], atol=atol, rtol=0, msg=n)
+
+
+def test_the_one_presynaptic_trace_is_the_discounted_sum_of_its_inputs():
+    """methods.layers' trace, shared by OTTT, SAF and the causal scaling: â[t] = Σ_k λ^(t−k)·x[k]
+    and ρ[t] = Σ_{k<t} λ^k."""
+    x, decay = torch.rand(5, 3, 4, dtype=torch.float64), 0.3
+    expected = torch.stack([sum(decay ** (t - k) * x[k] for k in range(t + 1)) for t in range(5)])
+    torch.testing.assert_close(presynaptic_trace(x, decay), expected)
+    trace = Trace(decay)
+    for t in range(5):
+        torch.testing.assert_close(trace.update(x[t]), expected[t])
+        assert math.isclose(trace.rho, sum(decay ** k for k in range(t + 1)))
 
 
 def test_sltt_equals_ottt_with_trace_decay_zero(batch):
@@ -151,9 +165,9 @@ def test_bptt_memory_grows_with_T(batch):  # the counter sees what the test abov
 
 
 def leftover_state(net: SpikingNet) -> list:
-    return [m for m in net.modules()
+    return [m for m, plain in zip(net.modules(), tiny_net().modules())
             if "forward" in vars(m) or m._forward_hooks or m._forward_pre_hooks
-            or (isinstance(m, LIF) and m.mode is not None)]
+            or has_mode(m) or type(m) is not type(plain)]
 
 
 @pytest.mark.parametrize("name, options", [(n, {}) for n in METHODS.names()]

@@ -3,7 +3,8 @@ surrogate against autograd, and SpikingJelly's fused LIF against the reference l
 import pytest
 import torch
 
-from snnkit.neuron import NeuronParams, lif_multistep, lif_multistep_record, lif_step
+from snnkit.methods.rate.eligibility import lif_multistep_record
+from snnkit.neuron import NeuronParams, lif_multistep, lif_step
 from snnkit.spiking import LIF, MultiStep, SingleStep, neuron_mode, spikingjelly_multistep
 from snnkit.surrogate import heaviside, make_surrogate, sigmoid_grad
 
@@ -62,7 +63,7 @@ def test_module_matches_functions(make_mode, split):
     expected = lif_multistep(x, p)
     assert torch.equal(out, expected)
     assert torch.equal(modes[0].spike_counts, expected.sum(dim=(0, 2)))
-    assert layer.mode is None
+    assert layer.layer_mode is None
 
 
 def test_layer_outside_a_mode_says_what_to_do():

@@ -7,7 +7,7 @@ from torch import nn
 from snnkit.config import resolve_config
 from snnkit.errors import ConfigError
 from snnkit.methods import build_method
-from snnkit.methods.batchnorm import SyncBatchNorm, convert_sync_batchnorm
+from snnkit.training.distributed import SyncBatchNorm, convert_sync_batchnorm
 from snnkit.models import ModelSpec, build_model
 from snnkit.neuron import NeuronParams, lif_multistep
 from snnkit.spiking import LIF, SpikingNet
@@ -64,16 +64,18 @@ def test_a_network_under_every_precision_copies_pickles_and_round_trips(amp):
     x = torch.randn(2, 3, 1, 8, 8)
     with precision.applied(net):
         twin = copy.deepcopy(net)  # e.g. an EMA or teacher model, taken mid-training
+        pickled = pickle.loads(pickle.dumps(net))
         keys = list(net.state_dict())
         pickle.loads(pickle.dumps(net.state_dict()))
         fresh = tiny_net()
         fresh.load_state_dict(net.state_dict())
         out = net.run_multistep(x)[0]
-        assert torch.equal(twin.run_multistep(x)[0], out)
+        plain = fresh.run_multistep(x)[0]  # copies taken inside the block are the plain network
+        assert torch.equal(twin.run_multistep(x)[0], plain) and torch.equal(pickled.run_multistep(x)[0], plain)
+        assert (out.dtype, torch.equal(out, plain)) == (torch.float32, amp == "none")
     assert keys == list(tiny_net().state_dict()) == list(twin.state_dict())
-    assert torch.equal(twin.run_multistep(x)[0], fresh.run_multistep(x)[0])
-    if amp == "none":
-        assert torch.equal(out, twin.run_multistep(x)[0])
+    assert [type(m) for m in twin.modules()] == [type(m) for m in net.modules()] == [type(m) for m in fresh.modules()]
+    assert torch.equal(net.run_multistep(x)[0], plain)
 
 
 @pytest.mark.parametrize("method", ["bptt", "rate_m"])

@@ -6,9 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from snnkit.methods import METHODS, build_method
-from snnkit.methods.batchnorm import batchnorm_layers, spike_statistics
+from snnkit.methods.rate.batchnorm import batchnorm_layers, spike_statistics
 from snnkit.models import ModelSpec, build_model
-from snnkit.neuron import NeuronParams, lif_multistep, lif_multistep_record
+from snnkit.methods.rate.eligibility import lif_multistep_record
+from snnkit.neuron import NeuronParams, lif_multistep
 from snnkit.spiking import spiking_layers
 
 RESET_MODES = [("soft", True), ("soft", False), ("hard", True), ("hard", False)]
@@ -92,7 +93,7 @@ def test_5_state_is_clean_after_an_iteration(method):
     for name in first:
         assert torch.equal(first[name], second[name]), name
     assert torch.is_grad_enabled()
-    assert all(layer.mode is None for layer in spiking_layers(net.body))
+    assert all(layer.layer_mode is None for layer in spiking_layers(net.body))
     for bn in batchnorm_layers(net.body):
         assert not bn._forward_pre_hooks and not bn._forward_hooks and "forward" not in vars(bn)
 

@@ -8,9 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from snnkit.methods.batchnorm import channel_stats, straight_through_batchnorm
+from snnkit.methods.rate.batchnorm import channel_stats, straight_through_batchnorm
 from snnkit.neuron import NeuronParams
-from snnkit.spiking import LIF, RatePass, neuron_mode
+from snnkit.methods.rate.modes import RatePass
+from snnkit.spiking import LIF, neuron_mode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 from common import Activation, SavedTensorMeter  # noqa: E402

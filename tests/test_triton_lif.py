@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from snnkit import fast
-from snnkit.neuron import NeuronParams, lif_multistep_record
+from snnkit.methods.rate import fast
+from snnkit.methods.rate.eligibility import lif_multistep_record
+from snnkit.neuron import NeuronParams
 
 from test_fast import NEURONS, Triangle, assert_same, currents, neuron_id
 
@@ -63,9 +64,9 @@ def test_kernel_serves_fp32_sigmoid_layers_on_cuda_only():
 @pytest.mark.cuda
 @pytest.mark.parametrize("p", NEURONS, ids=neuron_id)
 def test_kernel_matches_reference_on_cuda(p):
-    from snnkit.triton_lif import triton_multistep_record
+    from snnkit.methods.rate.triton_lif import triton_multistep_record
 
     x = (torch.randn(8, 64, 32, 16, 16) * 0.8 + 0.6).cuda()
     out = triton_multistep_record(x, p, p.make_surrogate())
     assert_same(out, lif_multistep_record(x, p, p.make_surrogate()), **G_TOLERANCE)
-    assert_same(fast.multistep_record(x, p, p.make_surrogate()), out, rtol=0.0, atol=0.0)
+    assert_same(fast.MultistepRecorder()(x, p, p.make_surrogate()), out, rtol=0.0, atol=0.0)

@@ -12,7 +12,7 @@ import sys
 import torch
 
 from snnkit.neuron import NeuronParams
-from snnkit.triton_lif import triton_multistep_record
+from snnkit.methods.rate.triton_lif import triton_multistep_record
 
 if __name__ == "__main__":
     assert os.environ.get("TRITON_INTERPRET") == "1", "set TRITON_INTERPRET=1"

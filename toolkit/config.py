@@ -7,8 +7,6 @@ the valid choices. The ``method`` section holds ``name``, ``T`` and the chosen m
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ from typing import Any, Optional
 
 import yaml
 
+from .digest import config_hash
 from .errors import ConfigError
 from .neuron import NeuronParams
 
@@ -116,7 +115,7 @@ class Config:
 
     def digest(self) -> str:
         """A short hash of the resolved config (recorded in checkpoints and ONNX metadata)."""
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+        return config_hash(self.to_dict())
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "recipe"}

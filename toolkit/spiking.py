@@ -1,10 +1,14 @@
-"""The LIF layer and the scoped modes that drive it.
+"""The LIF layer and the scoped modes that drive it: snnkit's one way to change a layer at run time.
 
 A model is a plain ``nn.Module`` *body* (Conv/BN/Linear/pooling and :class:`LIF`) acting on a flat
 batch ``[N, ...]``. How a LIF layer treats its input is set for the length of a ``with`` block by
 :func:`neuron_mode`, which installs one mode object per layer and removes it on exit: neuron state
 lives in the mode, so it starts at zero in every block and can never leak between batches, or
 between training and evaluation. :class:`SpikingNet` is the user-facing wrapper on ``[T, B, ...]``.
+
+Every other run-time change of a layer goes through the same pattern, :func:`layer_modes`: AMP's
+autocast of the body, the rate method's recorded and straight-through BatchNorm, OTTT's and SAF's
+trace-driven conv/linear and SAF's accumulated BatchNorm. No code assigns ``module.forward``.
 """
 from __future__ import annotations
 
@@ -14,8 +18,6 @@ from typing import Callable, Iterator, NamedTuple, Optional
 import torch
 from torch import nn
 
-from . import fast
-from .fast import FastSpikePass
 from .neuron import NeuronParams, lif_multistep, lif_step
 from .surrogate import heaviside
 
@@ -27,16 +29,19 @@ class LIF(nn.Module):
         super().__init__()
         self.neuron = neuron
         self.surrogate = neuron.make_surrogate()
-        self.mode: Optional[Mode] = None
+        self.layer_mode: Optional[Mode] = None  # read here; other modules get it by layer_modes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.mode is None:
+        if self.layer_mode is None:
             raise RuntimeError(
                 "a LIF layer ran outside neuron_mode(); call the SpikingNet, not its body"
             )
         # The membrane integrates in at least fp32: under autocast a bf16/fp16 current would
         # otherwise round the potential before it meets the threshold.
-        return self.mode(self, x.to(torch.promote_types(x.dtype, torch.float32)))
+        return self.layer_mode(self, x.to(torch.promote_types(x.dtype, torch.float32)))
+
+    def __getstate__(self) -> dict:  # a copy or pickle taken inside a block is the plain layer
+        return {**super().__getstate__(), "layer_mode": None}
 
     def extra_repr(self) -> str:
         p = self.neuron
@@ -45,7 +50,10 @@ class LIF(nn.Module):
 
 
 class Mode:
-    """Per-layer behaviour for one ``with neuron_mode(...)`` block; counts spikes per sample."""
+    """Per-layer behaviour for one ``with neuron_mode(...)`` block; counts spikes per sample.
+
+    A method that needs its own neuron behaviour (the rate method's spike and rate passes, SAF's
+    accumulated neuron, OTTT's detached step) subclasses a mode; the LIF layer knows none of them."""
 
     def __init__(self):
         self.spike_counts: Optional[torch.Tensor] = None  # [B], summed over neurons and steps
@@ -62,96 +70,50 @@ class Mode:
     def __call__(self, lif: LIF, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def recorded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(r, g) of a recording spike pass."""
-        raise RuntimeError(f"{type(self).__name__} did not record rates; pass record=True")
-
 
 class MultiStep(Mode):
     """Input ``[T·B, ...]`` holding all T steps (time-major); the loop over T runs inside.
 
     With autograd on, the surrogate carries the gradient; where SpikingJelly's fused multi-step
-    LIF applies it runs the loop, otherwise the reference loop does. With ``record`` (no autograd)
-    it keeps the rate r and eligibility g of docs/spec/rate_backprop.md §2.1, computed by ``recorder``
-    (:data:`snnkit.fast.multistep_record` unless given).
+    LIF applies it runs the loop, otherwise the reference loop does. Subclasses change
+    :meth:`run`, the loop itself.
     """
 
-    def __init__(self, T: int, record: bool = False, recorder: Optional[fast.Record] = None):
+    def __init__(self, T: int):
         super().__init__()
-        self.T, self.record, self.recorder = T, record, recorder
-        self.rate: Optional[torch.Tensor] = None
-        self.eligibility: Optional[torch.Tensor] = None
+        self.T = T
 
     def __call__(self, lif: LIF, x: torch.Tensor) -> torch.Tensor:
         x_seq = x.unflatten(0, (self.T, -1))  # [T·B, ...] -> [T, B, ...]
-        if self.record:
-            record = self.recorder or fast.multistep_record
-            s_seq, self.rate, self.eligibility = record(x_seq, lif.neuron, lif.surrogate)
-        elif torch.is_grad_enabled():
-            s_seq = surrogate_multistep(x_seq, lif)
-        else:
-            s_seq = lif_multistep(x_seq, lif.neuron)
+        s_seq = self.run(lif, x_seq)
         self.count(s_seq, self.T)
         return s_seq.flatten(0, 1)
 
-    def recorded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.rate is None:
-            return super().recorded()
-        return self.rate, self.eligibility
+    def run(self, lif: LIF, x_seq: torch.Tensor) -> torch.Tensor:
+        """The spikes ``[T, B, ...]`` of the layer on the currents ``x_seq``."""
+        if torch.is_grad_enabled():
+            return surrogate_multistep(x_seq, lif)
+        return lif_multistep(x_seq, lif.neuron)
 
 
 class SingleStep(Mode):
-    """One step per call with batch ``[B, ...]``; the potential persists across calls."""
+    """One step per call with batch ``[B, ...]``; the potential persists across calls. Subclasses
+    change :meth:`step`, one step of the layer."""
 
-    def __init__(self, record: bool = False):
+    def __init__(self):
         super().__init__()
         self.v: torch.Tensor | float = 0.0
-        self.recorder: Optional[FastSpikePass] = None
-        self.record = record
 
     def __call__(self, lif: LIF, x: torch.Tensor) -> torch.Tensor:
-        if self.record:  # the spike pass (no autograd): the fast pass keeps the potential
-            if self.recorder is None:
-                self.recorder = FastSpikePass(lif.neuron, lif.surrogate)
-            s = self.recorder.step(x)
-        else:
-            spike_fn = lif.surrogate.spike if torch.is_grad_enabled() else heaviside
-            s, self.v, _ = lif_step(self.v, x, lif.neuron, spike_fn)
+        s = self.step(lif, x)
         self.count(s.unsqueeze(0), 1)
         return s
 
-    def recorded(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.recorder is None:
-            return super().recorded()
-        return self.recorder.result()
-
-
-class _RateValue(torch.autograd.Function):
-    """``r + g⊙c − stopgrad(g⊙c)`` (docs/spec/rate_backprop.md §2.2) without its cost: the value is r itself
-    (autograd hands out a view, no copy) and backward multiplies by g, the only tensor saved."""
-
-    @staticmethod
-    def forward(ctx, c: torch.Tensor, rate: torch.Tensor, eligibility: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(eligibility)
-        return rate
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (eligibility,) = ctx.saved_tensors
-        return grad * eligibility, None, None
-
-
-class RatePass(Mode):
-    """The rate pass: value r from the spike pass, Jacobian diag(g) with respect to the current."""
-
-    def __init__(self, rate: torch.Tensor, eligibility: torch.Tensor):
-        super().__init__()
-        self.rate, self.eligibility = rate, eligibility
-
-    def __call__(self, lif: LIF, c: torch.Tensor) -> torch.Tensor:
-        if c.shape != self.rate.shape:
-            raise RuntimeError(f"rate pass got {tuple(c.shape)}, spike pass saw {tuple(self.rate.shape)}")
-        return _RateValue.apply(c, self.rate, self.eligibility)
+    def step(self, lif: LIF, x: torch.Tensor) -> torch.Tensor:
+        """The spikes of one step on current ``x``, advancing the potential."""
+        spike_fn = lif.surrogate.spike if torch.is_grad_enabled() else heaviside
+        s, self.v, _ = lif_step(self.v, x, lif.neuron, spike_fn)
+        return s
 
 
 def spikingjelly_applies(x_seq: torch.Tensor, p: NeuronParams) -> bool:
@@ -184,20 +146,74 @@ def spiking_layers(module: nn.Module) -> list[LIF]:
     return [m for m in module.modules() if isinstance(m, LIF)]
 
 
+class _Moded:
+    """Put in front of a module's class for a :func:`layer_modes` block: its forward is the mode's.
+    Copies and pickles of the module are of its own class, without the mode."""
+
+    _base: type  # the module's own class
+
+    def forward(self, *args, **kwargs):
+        return self.layer_mode(self, *args, **kwargs)
+
+    def __reduce_ex__(self, protocol):
+        state = {k: v for k, v in self.__getstate__().items() if k != "layer_mode"}
+        return _new_instance, (self._base,), state
+
+
+def _new_instance(cls: type):
+    return cls.__new__(cls)
+
+
+_MODED: dict[type, type] = {}
+
+
+def _moded(cls: type) -> type:
+    if cls not in _MODED:
+        _MODED[cls] = type(cls.__name__, (_Moded, cls), {"_base": cls, "__module__": cls.__module__})
+    return _MODED[cls]
+
+
+def plain_forward(module: nn.Module, *args, **kwargs):
+    """``module``'s own forward, whatever mode is installed on it (for a mode that wraps it)."""
+    return getattr(type(module), "_base", type(module)).forward(module, *args, **kwargs)
+
+
+def has_mode(module: nn.Module) -> bool:
+    """A :func:`layer_modes` block holds a mode on ``module`` now."""
+    return getattr(module, "layer_mode", None) is not None
+
+
+@contextmanager
+def layer_modes(modes: dict[nn.Module, Callable]) -> Iterator[None]:
+    """For the block, each module ``m`` computes ``modes[m](m, *inputs)`` instead of its forward; on
+    exit, even on error, it is the plain module again. A LIF layer reads its mode itself; any other
+    module has its class fronted by one whose forward is the mode, so its parameters, buffers,
+    hooks and ``state_dict`` are untouched, and ``isinstance`` still holds. A copy or pickle taken
+    inside the block is the plain module. Blocks on the same module cannot be nested."""
+    if any(has_mode(m) for m in modes):
+        raise RuntimeError("mode blocks on the same layers cannot be nested")
+    for m, mode in modes.items():
+        if not isinstance(m, LIF):
+            m.__class__ = _moded(type(m))
+        m.layer_mode = mode
+    try:
+        yield
+    finally:
+        for m in modes:
+            if isinstance(m, LIF):
+                m.layer_mode = None
+            else:
+                m.__class__ = type(m)._base
+                del m.layer_mode
+
+
 @contextmanager
 def neuron_mode(module: nn.Module, make: Callable[[LIF], Mode]) -> Iterator[list[Mode]]:
     """Install ``make(layer)`` on every LIF layer of ``module`` for the block; yields the modes."""
     layers = spiking_layers(module)
-    if any(layer.mode is not None for layer in layers):
-        raise RuntimeError("neuron_mode blocks on the same layers cannot be nested")
     modes = [make(layer) for layer in layers]
-    for layer, mode in zip(layers, modes):
-        layer.mode = mode
-    try:
+    with layer_modes(dict(zip(layers, modes))):
         yield modes
-    finally:
-        for layer in layers:
-            layer.mode = None
 
 
 def spike_counts(modes: list[Mode]) -> torch.Tensor:
@@ -233,18 +249,20 @@ class SpikingNet(nn.Module):
         logits_seq, modes = self.run_multistep(x_seq)
         return SpikeOutput(logits_seq, spike_counts(modes))
 
-    def run_multistep(self, x_seq: torch.Tensor, record: bool = False, recorder: Optional[fast.Record] = None
+    def run_multistep(self, x_seq: torch.Tensor, mode: Callable[[int], MultiStep] = MultiStep
                       ) -> tuple[torch.Tensor, list[Mode]]:
         """Stateless layers on all T·B samples at once; returns ([T, B, classes], the layers' modes).
-        With ``record``, each LIF layer's r and g come from ``recorder`` (see :class:`MultiStep`)."""
+        Each LIF layer runs ``mode(T)`` (a method's own :class:`MultiStep`, e.g. a spike pass)."""
         T = x_seq.shape[0]
-        with neuron_mode(self.body, lambda _: MultiStep(T, record, recorder)) as modes:
+        with neuron_mode(self.body, lambda _: mode(T)) as modes:
             y = self.body(x_seq.flatten(0, 1))  # [T, B, ...] -> [T·B, ...]
         return y.unflatten(0, (T, -1)), modes
 
-    def run_singlestep(self, x_seq: torch.Tensor, record: bool = False) -> tuple[torch.Tensor, list[Mode]]:
-        """A loop over t with batch B per call; returns ([T, B, classes], the layers' modes)."""
-        with neuron_mode(self.body, lambda _: SingleStep(record)) as modes:
+    def run_singlestep(self, x_seq: torch.Tensor, mode: Callable[[], SingleStep] = SingleStep
+                       ) -> tuple[torch.Tensor, list[Mode]]:
+        """A loop over t with batch B per call; returns ([T, B, classes], the layers' modes).
+        Each LIF layer runs ``mode()``."""
+        with neuron_mode(self.body, lambda _: mode()) as modes:
             y = torch.stack([self.body(x) for x in x_seq])
         return y, modes
 

@@ -27,6 +27,7 @@ from torch import fx, nn
 
 from ..errors import ConversionError
 from ..spiking import LIF
+from ..tracing import trace as fx_trace
 from .neurons import neuron_table
 
 ORIGINAL_NAMES = "snnkit_original_names"  # body attribute: converted module path -> the original's (None: added)
@@ -134,15 +135,6 @@ def check_modules(model: nn.Module, tables: Tables) -> None:
     walk(model, "")
 
 
-class LeafTracer(fx.Tracer):
-    def __init__(self, tables: Tables):
-        super().__init__()
-        self.tables = tables
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return self.tables.knows(m)
-
-
 def autograd_state(model: nn.Module) -> dict[int, torch.Tensor]:
     """Each tensor a module holds that an autograd graph made (a neuron's potential left over from a
     training forward, in SpikingJelly's memories or snnTorch's buffers), by id -> a detached copy:
@@ -165,7 +157,7 @@ def single_step(model: nn.Module) -> nn.Module:
 
 def trace(model: nn.Module, tables: Tables) -> fx.Graph:
     try:
-        return LeafTracer(tables).trace(model)
+        return fx_trace(model, tables.knows)
     except Exception as e:  # any failure of symbolic tracing: data-dependent control flow, etc.
         raise ConversionError(f"the forward of the model ({type(model).__name__}) cannot be traced with torch.fx "
                               f"({type(e).__name__}: {' '.join(str(e).split())[:200]}); snnkit converts models "

@@ -20,7 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import ConfigError
-from .layers import next_lif, parametric_op
+from .layers import next_lif, parametric_op, presynaptic_trace
 
 GRAD_SCALES = ("none", "causal")
 
@@ -36,15 +36,6 @@ class ScalingOptions:
                              f"got {self.grad_scale!r}")
         if not 0.0 <= self.beta <= 1.0:
             raise ValueError(f"method.beta must be in [0, 1], got {self.beta}")
-
-
-def presynaptic_trace(x_seq: torch.Tensor, decay: float) -> torch.Tensor:
-    """``[T, ...]`` -> ``â[t] = λ·â[t−1] + x[t]``, same shape."""
-    trace, out = torch.zeros_like(x_seq[0]), []
-    for x in x_seq:
-        trace = decay * trace + x
-        out.append(trace)
-    return torch.stack(out)
 
 
 def coincidence(layer: nn.Module, pre: torch.Tensor, post: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
-"""What the trace-based methods share: the parametric ops, each layer's postsynaptic LIF, and
-forward replacements scoped to a ``with`` block.
+"""What the trace-based methods share: the presynaptic trace, the parametric ops and each layer's
+postsynaptic LIF. The methods change a layer's computation with :func:`snnkit.spiking.layer_modes`.
 
 A model body is walked in registration order (the order the architectures call their layers in);
 the LIF layer registered next after a conv/linear/BN layer is the one its output drives. Layers
@@ -7,8 +7,7 @@ registered after the last LIF form the readout: no membrane follows them.
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +16,33 @@ from torch import nn
 from ..spiking import LIF
 
 ParametricOp = Callable[[nn.Module, torch.Tensor, torch.Tensor, Optional[torch.Tensor]], torch.Tensor]
+
+
+def trace_step(previous, x, decay: float):
+    """The presynaptic trace's recurrence ``â[t] = λ·â[t−1] + x[t]``, the one every online method
+    (OTTT, SAF, the causal scaling) runs; on a constant input 1 it is ``ρ[t] = 1 + λ + … + λ^{t−1}``."""
+    return decay * previous + x
+
+
+class Trace:
+    """One input's trace ``â[t]`` and the bias's ``ρ[t]``, both starting at 0; no autograd."""
+
+    def __init__(self, decay: float):
+        self.decay = decay
+        self.value: torch.Tensor | float = 0.0
+        self.rho = 0.0
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> torch.Tensor:
+        self.value = trace_step(self.value, x, self.decay)
+        self.rho = trace_step(self.rho, 1.0, self.decay)
+        return self.value
+
+
+def presynaptic_trace(x_seq: torch.Tensor, decay: float) -> torch.Tensor:
+    """``[T, ...]`` -> ``â[t] = λ·â[t−1] + x[t]``, same shape."""
+    trace = Trace(decay)
+    return torch.stack([trace.update(x) for x in x_seq])
 
 
 def _conv(layer, x, weight, bias):
@@ -51,16 +77,3 @@ def next_lif(body: nn.Module) -> dict[nn.Module, Optional[LIF]]:
             following[m] = lif
     return following
 
-
-@contextmanager
-def replaced_forwards(forwards: dict[nn.Module, Callable]) -> Iterator[None]:
-    """Each module's ``forward`` is replaced for the block and restored on exit, even on error."""
-    if any("forward" in vars(m) for m in forwards):
-        raise RuntimeError("a layer's forward is already replaced; these blocks cannot be nested")
-    for m, forward in forwards.items():
-        m.forward = forward
-    try:
-        yield
-    finally:
-        for m in forwards:
-            del m.forward

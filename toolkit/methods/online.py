@@ -21,9 +21,9 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from ..spiking import LIF, Mode, SingleStep, firing_rate, neuron_mode
+from ..spiking import LIF, Mode, SingleStep, firing_rate, layer_modes, neuron_mode
 from .base import Method, StepOutput, register_method
-from .layers import ParametricOp, next_lif, parametric_op, replaced_forwards
+from .layers import ParametricOp, Trace, next_lif, parametric_op
 from .losses import check_loss, step_loss
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -38,23 +38,9 @@ class DetachedStep(SingleStep):
         return s
 
 
-class Trace:
-    """``â[t] = λ·â[t−1] + x[t]`` of one layer's input and ``ρ[t] = λ·ρ[t−1] + 1``; no autograd."""
-
-    def __init__(self, decay: float):
-        self.decay = decay
-        self.value: Optional[torch.Tensor] = None
-        self.rho = 0.0
-
-    @torch.no_grad()
-    def update(self, x: torch.Tensor) -> torch.Tensor:
-        self.value = x.detach() if self.value is None else self.decay * self.value + x
-        self.rho = self.decay * self.rho + 1.0
-        return self.value
-
-
-def trace_forward(layer: nn.Module, op: ParametricOp, trace: Trace, x: torch.Tensor) -> torch.Tensor:
-    """Value ``op(x)``; input gradient ``Wᵀg``; weight gradient ``g ⊗ â`` (two ops with autograd)."""
+def trace_forward(op: ParametricOp, trace: Trace, layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """OTTT's mode of a hidden conv/linear layer: value ``op(x)``; input gradient ``Wᵀg``; weight
+    gradient ``g ⊗ â`` (two ops with autograd)."""
     a = trace.update(x)
     if not torch.is_grad_enabled():
         return op(layer, x, layer.weight, layer.bias)
@@ -129,8 +115,8 @@ class OTTT(OnlineMethod):
             op = parametric_op(layer)
             if op is not None and lif is not None:  # hidden layers; the readout runs unchanged
                 decay = lif.neuron.decay if self.options.trace_decay is None else self.options.trace_decay
-                forwards[layer] = partial(trace_forward, layer, op, Trace(decay))
-        with replaced_forwards(forwards), super().scope(body) as scoped:
+                forwards[layer] = partial(trace_forward, op, Trace(decay))
+        with layer_modes(forwards), super().scope(body) as scoped:
             yield scoped
 
 

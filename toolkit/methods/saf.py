@@ -24,29 +24,15 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..errors import ConfigError
-from ..spiking import LIF, Mode, firing_rate, neuron_mode, spiking_layers
+from ..spiking import LIF, Mode, firing_rate, layer_modes, neuron_mode, plain_forward, spiking_layers
 from ..surrogate import heaviside
 from .base import NoOptions, StepOutput, register_method
-from .layers import ParametricOp, leaf_layers, next_lif, parametric_op, replaced_forwards
+from .layers import ParametricOp, Trace, leaf_layers, next_lif, parametric_op, trace_step
 from .online import OnlineMethod
 
 # Layers that act on accumulated values unchanged (linear and the same at every step).
 LINEAR_IN_TIME = (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
                   nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.Flatten, nn.Identity)
-
-
-class Clock:
-    """One iteration's time: the accumulated input ``x̂[t] = λ·x̂[t−1] + x[t]`` and
-    ``rho`` = 1 + λ + … + λ^{t−1} (the accumulation of a bias's constant input)."""
-
-    def __init__(self, decay: float):
-        self.decay, self.rho = decay, 0.0
-        self.input: torch.Tensor | float = 0.0
-
-    def advance(self, x: torch.Tensor) -> torch.Tensor:
-        self.rho = self.decay * self.rho + 1.0
-        self.input = self.decay * self.input + x
-        return self.input
 
 
 class Accumulated(Mode):
@@ -62,29 +48,31 @@ class Accumulated(Mode):
     def __call__(self, lif: LIF, current: torch.Tensor) -> torch.Tensor:
         p = lif.neuron
         spike_fn = lif.surrogate.spike if torch.is_grad_enabled() else heaviside
-        s = spike_fn(current - p.v_threshold * (p.decay * self.trace + 1.0))
+        s = spike_fn(current - p.v_threshold * trace_step(self.trace, 1.0, p.decay))
         self.count(s.unsqueeze(0), 1)
-        trace, total = p.decay * self.trace + s, self.total + s
+        trace, total = trace_step(self.trace, s, p.decay), self.total + s
         self.trace, self.total = trace.detach(), total.detach()
         return {"trace": trace, "spike": s, "mean": total / self.steps}[self.emit]
 
 
-def accumulated_op(layer: nn.Module, op: ParametricOp, clock: Clock, a: torch.Tensor) -> torch.Tensor:
-    """``W·â[t] + b·ρ[t]``: one op; gradient to W is ``g ⊗ â[t]``."""
+def accumulated_op(op: ParametricOp, clock: Trace, layer: nn.Module, a: torch.Tensor) -> torch.Tensor:
+    """SAF's mode of a hidden conv/linear layer, ``W·â[t] + b·ρ[t]``: one op; gradient to W is
+    ``g ⊗ â[t]``."""
     return op(layer, a, layer.weight, None if layer.bias is None else layer.bias * clock.rho)
 
 
 class AccumulatedBatchNorm:
-    """BN of the step's current ``Û[t] − λ·Û[t−1]`` (step statistics), accumulated again."""
+    """SAF's mode of a BN layer: BN of the step's current ``Û[t] − λ·Û[t−1]`` (step statistics),
+    accumulated again."""
 
-    def __init__(self, bn: _BatchNorm, decay: float):
-        self.bn, self.decay = bn, decay
+    def __init__(self, decay: float):
+        self.decay = decay
         self.last_in: torch.Tensor | float = 0.0
         self.last_out: torch.Tensor | float = 0.0
 
-    def __call__(self, acc: torch.Tensor) -> torch.Tensor:
-        out = type(self.bn).forward(self.bn, acc - self.decay * self.last_in)
-        out = self.decay * self.last_out + out
+    def __call__(self, bn: _BatchNorm, acc: torch.Tensor) -> torch.Tensor:
+        out = plain_forward(bn, acc - self.decay * self.last_in)
+        out = trace_step(self.last_out, out, self.decay)
         self.last_in, self.last_out = acc.detach(), out.detach()
         return out
 
@@ -113,19 +101,19 @@ class SAF(OnlineMethod):
     def scope(self, body):
         lifs = spiking_layers(body)
         decay = lifs[0].neuron.decay
-        clock = Clock(decay)
+        clock = Trace(decay)  # one iteration's time: the accumulated input x̂[t] and ρ[t]
         forwards = {}
         for layer, lif in next_lif(body).items():
             op = parametric_op(layer)
             if lif is None:  # the readout runs unchanged on the last LIF's output
                 continue
             if op is not None:
-                forwards[layer] = partial(accumulated_op, layer, op, clock)
+                forwards[layer] = partial(accumulated_op, op, clock)
             elif isinstance(layer, _BatchNorm):
-                forwards[layer] = AccumulatedBatchNorm(layer, decay)
+                forwards[layer] = AccumulatedBatchNorm(decay)
         emit = {lif: "trace" for lif in lifs} | {lifs[-1]: self.readout_input}
-        with replaced_forwards(forwards), neuron_mode(body, lambda lif: Accumulated(emit[lif])) as modes:
-            yield (lambda x: body(clock.advance(x))), modes
+        with layer_modes(forwards), neuron_mode(body, lambda lif: Accumulated(emit[lif])) as modes:
+            yield (lambda x: body(clock.update(x))), modes
 
 
 @register_method("saf_e")

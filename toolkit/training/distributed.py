@@ -8,7 +8,8 @@ its forward does not fit every method. Instead the trainer keeps the model as it
 - averages gradients in its ``step()`` before the optimiser steps (flattened buckets, one
   all-reduce each), whatever the method did to produce them;
 - broadcasts buffers from rank 0 before evaluating (BN running statistics, as DDP does);
-- all-reduces metrics, and logs, draws progress and writes files on rank 0 only.
+- all-reduces metrics, and logs, draws progress and writes files on rank 0 only;
+- with ``run.sync_bn``, replaces every BatchNorm by :class:`SyncBatchNorm` (global-batch statistics).
 
 Every rank sees ``data.batch_size / world size`` samples per step, so the optimiser sees the
 gradient of the global batch: 512 over 8 GPUs is the paper's 512. A single process is a world of
@@ -25,9 +26,11 @@ from typing import Callable, Iterator, TypeVar
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.utils.data import Dataset, DistributedSampler, Subset
 
 from ..errors import ConfigError, SnnkitError
+from ..methods.rate.batchnorm import channel_moments, syncs
 
 BUCKET_BYTES = 25 * 2**20  # DDP's default bucket size
 R = TypeVar("R")
@@ -176,3 +179,38 @@ def process_group(device_name: str) -> Iterator[World]:
         logger.setLevel(level)
         if joined:
             dist.destroy_process_group()
+
+
+class SyncBatchNorm(nn.SyncBatchNorm):
+    """``nn.SyncBatchNorm`` that also runs on CPU (gloo), where PyTorch's refuses: there, training
+    statistics come from the rate method's ``channel_moments`` over all ranks. Elsewhere PyTorch's fused kernels
+    run unchanged."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "cpu" or not self.training or not syncs(self):
+            return super().forward(x)
+        mean, var, count = channel_moments(x, sync=True)
+        if self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, factor)
+                self.running_var.lerp_(var * count / (count - 1).clamp_min(1), factor)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out.to(x.dtype)
+
+
+def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm in ``module`` by :class:`SyncBatchNorm`, keeping its parameters and buffers."""
+    for name, child in module.named_children():
+        if isinstance(child, _BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
+            sync = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                 child.track_running_stats)
+            sync.load_state_dict(child.state_dict())
+            setattr(module, name, sync)
+        else:
+            convert_sync_batchnorm(child)
+    return module

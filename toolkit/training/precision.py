@@ -3,11 +3,10 @@
 Autocast covers the model body and nothing else: methods call ``net.body`` directly, so for the
 length of a ``with precision.applied(net)`` block the body's forward runs under ``torch.autocast``
 and returns fp32, and each method's loss and backward run
-outside autocast, as PyTorch recommends. The block installs a forward pre-hook and an always-called
-forward hook on the body and removes both on exit (the scoped pattern of
-:func:`snnkit.spiking.neuron_mode`); the module itself is never changed, so copies, pickles and
-``state_dict`` keys are those of the plain network (a copy taken inside the block runs under
-autocast until the block ends, then as the plain network). LIF layers integrate their membrane in fp32 whatever the
+outside autocast, as PyTorch recommends. The block installs a mode on the body
+(:func:`snnkit.spiking.layer_modes`, the pattern of the neuron modes) and removes it on exit; its
+parameters, buffers and ``state_dict`` keys are those of the plain network, and a copy or pickle
+taken inside the block is the plain network (it runs in fp32). LIF layers integrate their membrane in fp32 whatever the
 dtype of their input current (``snnkit.spiking.LIF``), so a threshold is never compared in bf16.
 
 fp16 needs loss scaling, and the loss is computed inside each method. The scale is applied instead
@@ -28,9 +27,10 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+from torch import nn
 
 from ..config import RunConfig
-from ..spiking import SpikingNet
+from ..spiking import SpikingNet, layer_modes, plain_forward
 
 AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -63,33 +63,18 @@ class Precision:
         if self.dtype is None:
             yield
             return
-        active, contexts = [True], []  # copies taken inside the block share these hooks
-
-        def enter(module, args):
-            contexts.append(torch.autocast(self.device_type, dtype=self.dtype) if active else None)
-            if contexts[-1] is not None:
-                contexts[-1].__enter__()
-
-        def leave(module, args, out):
-            autocast = contexts.pop()
-            if autocast is None:
-                return None
-            autocast.__exit__(None, None, None)
-            if out is None:  # the forward raised; the error goes on once autocast is off
-                return None
-            out = out.float()
-            if self.scaler is not None and out.requires_grad:
-                out.register_hook(self.scaler.scale)
-            return out
-
-        handles = [net.body.register_forward_pre_hook(enter),
-                   net.body.register_forward_hook(leave, always_call=True)]
-        try:
+        with layer_modes({net.body: self.autocast}):
             yield
-        finally:
-            active.clear()
-            for handle in handles:
-                handle.remove()
+
+    def autocast(self, body: nn.Module, *args) -> torch.Tensor:
+        """The body's mode: its own forward under autocast, the output in fp32 (for fp16, its
+        gradient scaled)."""
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = plain_forward(body, *args)
+        out = out.float()
+        if self.scaler is not None and out.requires_grad:
+            out.register_hook(self.scaler.scale)
+        return out
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.scaler is None:

@@ -21,11 +21,10 @@ from ..errors import CheckpointError, DataError, DivergedError, one_line
 from ..files import append_line, atomic_write_text
 from ..methods import Method, build_method
 from ..methods.base import RunShape
-from ..methods.batchnorm import convert_sync_batchnorm
 from ..models import ModelSpec, build_model, check_input_fits
 from ..spiking import SpikingNet, firing_rate
 from .curves import write_curves
-from .distributed import World, process_group, resolve_device
+from .distributed import World, convert_sync_batchnorm, process_group, resolve_device
 from .optim import make_optimizer
 from .precision import Precision, configure_backends
 from .progress import EpochProgress, Meter

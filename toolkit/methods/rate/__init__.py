@@ -1,21 +1,38 @@
-"""Rate-based backpropagation, rate_M and rate_S (Yu et al., NeurIPS 2024; docs/spec/rate_backprop.md).
+"""Rate-based backpropagation, rate_M and rate_S (Yu et al., NeurIPS 2024), as the paper's
+Algorithm 1; the contract is docs/spec/rate_backprop.md, the section numbers below are its own.
 
-One iteration is two passes: a spike pass with no autograd that records, per spiking layer, the
-mean rate r and the eligibility g (and BN statistics), then one rate pass at batch B with autograd,
-where each spiking layer returns r with Jacobian diag(g). Autograd memory does not grow with T.
+    for each batch (x_seq [T, B, ...], y):
+        spike pass, no autograd (§2.1), RateBackprop.spike_pass:
+            every LIF layer runs T steps from v = 0            modes.MultiStepSpikePass (rate_M) /
+                                                               modes.SingleStepSpikePass (rate_S)
+            and keeps r = mean_t s_t and                       eligibility (the reference),
+                      g = mean_t σ'(u_t − V_th)·ρ_t            fast (eager), triton_lif (CUDA)
+            every BN keeps its input's mean and variance       batchnorm.record_batchnorm
+        rate pass, autograd on, batch B (§2.2), RateBackprop.rate_pass:
+            input the time average of x_seq
+            every BN: value from the spike-pass statistics,    batchnorm.straight_through_batchnorm
+                      gradient from the batch statistics
+            every LIF layer returns r with Jacobian diag(g)    modes.RatePass
+        loss = CE(logits, y) (§2.3); backward; optimiser step  RateBackprop.train_step
+
+Autograd holds one rate pass at batch B, so training memory does not grow with T. Everything the
+method needs lives in this package; it reaches the LIF layers only through the modes of
+:func:`snnkit.spiking.neuron_mode`, and nothing outside training imports it (deploy does not).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 
-from ..fast import COMPILE_CHOICES, MultistepRecorder, compile_pays_off, cpp_compiler_present
-from ..spiking import RatePass, firing_rate, neuron_mode, spiking_layers
-from .base import Method, RunShape, StepOutput, register_method
+from ...spiking import firing_rate, neuron_mode, spiking_layers
+from ..base import Method, RunShape, StepOutput, register_method
+from ..causal import ScalingOptions, causal_scaling
 from .batchnorm import BNStats, record_batchnorm, straight_through_batchnorm
-from .causal import ScalingOptions, causal_scaling
+from .fast import COMPILE_CHOICES, MultistepRecorder, compile_pays_off, cpp_compiler_present
+from .modes import MultiStepSpikePass, RatePass, SingleStepSpikePass
 
 
 @dataclass(frozen=True)
@@ -24,9 +41,9 @@ class RateOptions(ScalingOptions):
     # weight decay mean the same for every method. On: × 1/T as in the reference code (the loss
     # value is unchanged); with SGD that is lr/T and weight decay ×T, the paper's rate_M runs.
     divide_grad_by_T: bool = False
-    # Compile rate_M's spike pass on CPU (snnkit.fast.MultistepRecorder): "auto" decides before
-    # training whether the run is long enough to repay it (snnkit.fast.compile_pays_off), "on"
-    # always, "off" never. CUDA runs the Triton kernel.
+    # Compile rate_M's spike pass on CPU (fast.MultistepRecorder): "auto" decides before training
+    # whether the run is long enough to repay it (fast.compile_pays_off), "on" always, "off"
+    # never. CUDA runs the Triton kernel.
     compile: str = "auto"
 
     def __post_init__(self):
@@ -77,9 +94,10 @@ class RateBackprop(Method):
     def spike_pass(self, net, x_seq) -> SpikePass:
         with record_batchnorm(net.body) as bn_stats:
             if self.multistep:
-                logits_seq, modes = net.run_multistep(x_seq, record=True, recorder=self.recorder)
+                mode = partial(MultiStepSpikePass, recorder=self.recorder)
+                logits_seq, modes = net.run_multistep(x_seq, mode)
             else:
-                logits_seq, modes = net.run_singlestep(x_seq, record=True)
+                logits_seq, modes = net.run_singlestep(x_seq, SingleStepSpikePass)
         return SpikePass(logits_seq, modes, bn_stats)
 
     def rate_pass(self, net, x_seq, spikes: SpikePass) -> torch.Tensor:

@@ -1,13 +1,14 @@
 """BatchNorm treatment of the rate methods (docs/spec/rate_backprop.md §2.1, §2.2).
 
 The spike pass records, per BN layer, the per-channel mean and biased variance of every input it
-normalises (one record for rate_M's [T·B] call, T records for rate_S). The rate pass then replaces
-each BN's forward with the straight-through form: value from the spike-pass statistics, gradient
-from the rate-pass batch statistics. BN's own forward (and its running statistics) is untouched
-outside these blocks.
+normalises (one record for rate_M's [T·B] call, T records for rate_S). The rate pass then runs
+each BN in the straight-through form: value from the spike-pass statistics, gradient from the
+rate-pass batch statistics. Both are modes of :func:`snnkit.spiking.layer_modes`, like the
+neurons'; BN's own forward (and its running statistics) is untouched outside these blocks.
 
-Under torchrun with ``run.sync_bn``, every BN is a :class:`SyncBatchNorm`, and both the recorded
-statistics and the straight-through batch statistics are taken over the global batch.
+Under torchrun with ``run.sync_bn``, every BN is a SyncBatchNorm
+(:func:`snnkit.training.distributed.convert_sync_batchnorm`), and both the recorded statistics and
+the straight-through batch statistics are taken over the global batch.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
+
+from ...spiking import layer_modes, plain_forward
 
 BNStats = dict[nn.Module, list[tuple[torch.Tensor, torch.Tensor]]]
 
@@ -65,61 +68,26 @@ def channel_stats(a: torch.Tensor, sync: bool) -> tuple[torch.Tensor, torch.Tens
     return channel_moments(a, sync)[:2]
 
 
-def _syncs(bn: _BatchNorm) -> bool:
+def syncs(bn: _BatchNorm) -> bool:
+    """``bn`` takes its statistics over the ranks of a running process group."""
     return isinstance(bn, nn.SyncBatchNorm) and dist.is_available() and dist.is_initialized() \
         and dist.get_world_size() > 1
 
 
-class SyncBatchNorm(nn.SyncBatchNorm):
-    """``nn.SyncBatchNorm`` that also runs on CPU (gloo), where PyTorch's refuses: there, training
-    statistics come from :func:`channel_moments` over all ranks. Elsewhere PyTorch's fused kernels
-    run unchanged."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu" or not self.training or not _syncs(self):
-            return super().forward(x)
-        mean, var, count = channel_moments(x, sync=True)
-        if self.track_running_stats:
-            self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-            with torch.no_grad():
-                self.running_mean.lerp_(mean, factor)
-                self.running_var.lerp_(var * count / (count - 1).clamp_min(1), factor)
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        out = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
-        if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
-        return out.to(x.dtype)
-
-
-def convert_sync_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every BatchNorm in ``module`` by :class:`SyncBatchNorm`, keeping its parameters and buffers."""
-    for name, child in module.named_children():
-        if isinstance(child, _BatchNorm) and not isinstance(child, nn.SyncBatchNorm):
-            sync = SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
-                                 child.track_running_stats)
-            sync.load_state_dict(child.state_dict())
-            setattr(module, name, sync)
-        else:
-            convert_sync_batchnorm(child)
-    return module
+def _recorded(records: list[tuple[torch.Tensor, torch.Tensor]], bn: _BatchNorm,
+              x: torch.Tensor) -> torch.Tensor:
+    """The spike pass's BN mode: keep the statistics of ``x``, then normalise as BN does."""
+    with torch.no_grad():
+        records.append(channel_stats(x, syncs(bn)))
+    return plain_forward(bn, x)
 
 
 @contextmanager
 def record_batchnorm(module: nn.Module) -> Iterator[BNStats]:
     """Record the statistics of every BN input seen inside the block (no autograd)."""
     stats: BNStats = {bn: [] for bn in batchnorm_layers(module)}
-
-    def hook(bn, inputs):
-        with torch.no_grad():
-            stats[bn].append(channel_stats(inputs[0], _syncs(bn)))
-
-    handles = [bn.register_forward_pre_hook(hook) for bn in stats]
-    try:
+    with layer_modes({bn: partial(_recorded, records) for bn, records in stats.items()}):
         yield stats
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def spike_statistics(records: list[tuple[torch.Tensor, torch.Tensor]], eps: float):
@@ -175,20 +143,17 @@ class _StraightThrough(torch.autograd.Function):
         return grad_a, grad_w, grad_b, None, None, None, None
 
 
-def _straight_through(bn: _BatchNorm, mean_spike: torch.Tensor, var_spike: torch.Tensor,
+def _straight_through(mean_spike: torch.Tensor, var_spike: torch.Tensor, bn: _BatchNorm,
                       a: torch.Tensor) -> torch.Tensor:
-    return _StraightThrough.apply(a, bn.weight, bn.bias, mean_spike, var_spike, bn.eps, _syncs(bn))
+    """The rate pass's BN mode."""
+    return _StraightThrough.apply(a, bn.weight, bn.bias, mean_spike, var_spike, bn.eps, syncs(bn))
 
 
 @contextmanager
 def straight_through_batchnorm(stats: BNStats) -> Iterator[None]:
     """Inside the block every recorded BN normalises with the straight-through statistics."""
-    for bn, records in stats.items():
-        if not records:
-            raise RuntimeError("a BatchNorm layer saw no input in the spike pass")
-        bn.forward = partial(_straight_through, bn, *spike_statistics(records, bn.eps))
-    try:
+    if any(not records for records in stats.values()):
+        raise RuntimeError("a BatchNorm layer saw no input in the spike pass")
+    with layer_modes({bn: partial(_straight_through, *spike_statistics(records, bn.eps))
+                      for bn, records in stats.items()}):
         yield
-    finally:
-        for bn in stats:
-            del bn.forward

@@ -1,6 +1,6 @@
 """The fast spike pass: the rate methods' no-grad LIF loop with r and g accumulated in place.
 
-It computes exactly what :func:`snnkit.neuron.lif_multistep_record` computes (the reference, kept as
+It computes exactly what :func:`.eligibility.lif_multistep_record` computes (the reference, kept as
 the pure-function path and tested against this one): the same spikes bit for bit, the same rate r,
 and the eligibility g = (1/T) Σ_t σ'(u_t − V_th)·ρ_t up to float rounding. It is faster because
 each step works in a few preallocated buffers (no temporaries), computes u − V_th once for both the
@@ -8,8 +8,8 @@ spike and the surrogate, folds α and a scalar ρ_t into one scaled accumulation
 Python float where it is the same for every neuron (soft reset with the reset detached:
 ρ_t = 1 + λ + … + λ^{t−1}, docs/spec/rate_backprop.md §2.1).
 
-rate_M's spike pass goes through a :class:`MultistepRecorder`, which picks the fused form of the
-same loop where there is one: the Triton kernel of :mod:`snnkit.triton_lif` on CUDA, and on CPU
+rate_M's spike pass goes through a :class:`MultistepRecorder` (the method owns one), which picks the fused form of the
+same loop where there is one: the Triton kernel of :mod:`.triton_lif` on CUDA, and on CPU
 the reference loop compiled by inductor into one loop over the T steps per shape (its spikes, r
 and g are the reference's; compiling pays off only on long runs, see :func:`compile_pays_off`).
 """
@@ -22,8 +22,9 @@ from typing import Callable, Optional
 
 import torch
 
-from .neuron import NeuronParams, RateSums, lif_multistep_record
-from .surrogate import Sigmoid, Surrogate
+from ...neuron import NeuronParams
+from ...surrogate import Sigmoid, Surrogate
+from .eligibility import RateSums, lif_multistep_record
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class FastSpikePass(RateSums):
 def fast_multistep_record(
     x_seq: torch.Tensor, p: NeuronParams, surrogate: Surrogate
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Drop-in for :func:`~snnkit.neuron.lif_multistep_record`: (spikes [T, ...], r, g)."""
+    """Drop-in for :func:`~.eligibility.lif_multistep_record`: (spikes [T, ...], r, g)."""
     spass = FastSpikePass(p, surrogate)
     spikes = torch.empty_like(x_seq)
     for t in range(x_seq.shape[0]):
@@ -135,7 +136,7 @@ Record = Callable[[torch.Tensor, NeuronParams, Surrogate], tuple[torch.Tensor, t
 
 class MultistepRecorder:
     """Records one LIF layer's rate_M spike pass (all T steps per call) by the fastest exact path:
-    the Triton kernel (:mod:`snnkit.triton_lif`) on CUDA where it applies; otherwise, with
+    the Triton kernel (:mod:`.triton_lif`) on CUDA where it applies; otherwise, with
     ``compile="on"``, the reference loop compiled by inductor into one fused loop per input shape;
     otherwise the eager fast pass. Every path gives the reference's spikes and r bit for bit.
     ``compile`` is "on" or "off", decided before training ("auto" is resolved by
@@ -172,5 +173,3 @@ def triton_applies(x_seq: torch.Tensor, surrogate: Surrogate) -> bool:
     return (x_seq.is_cuda and x_seq.dtype == torch.float32 and isinstance(surrogate, Sigmoid)
             and importlib.util.find_spec("triton") is not None)
 
-
-multistep_record = MultistepRecorder()

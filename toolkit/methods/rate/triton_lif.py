@@ -2,7 +2,7 @@
 
 Each program owns BLOCK neurons and keeps their potential, spike and eligibility sums and ρ_t in
 registers (fp32); it reads the T input currents once and writes the T spikes once, then r and g. It
-computes what :func:`snnkit.neuron.lif_multistep_record` computes (docs/spec/rate_backprop.md §2.1), for
+computes what :func:`.eligibility.lif_multistep_record` computes (docs/spec/rate_backprop.md §2.1), for
 every reset mode and detach setting with the sigmoid surrogate: u_t = λ·v_{t−1} + x_t rounded as
 the reference rounds it (no fused multiply-add), so the spikes and r are the reference's bit for
 bit and g equals it up to the rounding of the sigmoid.
@@ -16,8 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .neuron import NeuronParams
-from .surrogate import Sigmoid
+from ...neuron import NeuronParams
+from ...surrogate import Sigmoid
 
 BLOCK = 1024
 
@@ -73,8 +73,8 @@ def _dense_steps(x_seq: torch.Tensor) -> torch.Tensor:
 
 def triton_multistep_record(x_seq: torch.Tensor, p: NeuronParams, surrogate: Sigmoid
                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Drop-in for :func:`~snnkit.neuron.lif_multistep_record` with the sigmoid surrogate and fp32
-    currents (:func:`snnkit.fast.triton_applies`): (spikes [T, ...] laid out as ``x_seq``, r, g)."""
+    """Drop-in for :func:`~.eligibility.lif_multistep_record` with the sigmoid surrogate and fp32
+    currents (:func:`.fast.triton_applies`): (spikes [T, ...] laid out as ``x_seq``, r, g)."""
     x_seq = _dense_steps(x_seq)
     spikes = torch.empty_like(x_seq)
     r, g = torch.empty_like(x_seq[0]), torch.empty_like(x_seq[0])
