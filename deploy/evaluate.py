@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from snnkit.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
+from snnkit.config import latest_run
 from snnkit.data import DataBundle, encode, load_dataset
 from snnkit.errors import DataError, SnnkitError
 from snnkit.spiking import Mode, SpikingNet
@@ -32,7 +33,6 @@ from .parity import Observed, Verdict, nonfinite_weights, verify
 from .runtime import OnnxModel, load_onnx
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-LATEST = "runs/latest"
 PROBE_BYTES = 1 << 30  # per chunk of samples run with every membrane and spike exposed (both sides)
 ACCURACY_GATED = {"int8"}  # quantized weights legitimately move spikes
 
@@ -205,18 +205,18 @@ def checkpoint_for(model: OnnxModel, checkpoint: Optional[str | Path]) -> Path:
         recorded = None
     if checkpoint is None and recorded is None:
         what = "no snnkit metadata" if model.meta is None else "snnkit metadata that names no checkpoint"
-        raise SnnkitError(f"{model.path} has {what}; pass --checkpoint with the checkpoint it was exported "
-                          "from to evaluate it")
+        raise SnnkitError(f"{model.path} has {what}; give the checkpoint it was exported from "
+                          "(`snnkit eval CHECKPOINT --onnx GRAPH`) to evaluate it")
     if checkpoint is not None:
         path = resolve_checkpoint_path(checkpoint)
     else:
         path = model.path.parent / recorded["file"]
         if not path.is_file():
             raise SnnkitError(f"{model.path} was exported from {recorded['file']}, which is not beside it; "
-                              "pass --checkpoint with that checkpoint")
+                              "give that checkpoint (`snnkit eval CHECKPOINT --onnx GRAPH`)")
     if recorded is not None and file_sha256(path) != recorded["sha256"]:
         raise SnnkitError(f"{path} is not the checkpoint {model.path} was exported from (its SHA-256 differs); "
-                          "pass that checkpoint with --checkpoint, or re-export")
+                          "give that checkpoint (`snnkit eval CHECKPOINT --onnx GRAPH`), or re-export")
     return path
 
 
@@ -225,7 +225,7 @@ def graph_steps(model: OnnxModel, layer_names: list[str]) -> int:
     if model.meta is not None:
         if model.meta["layer_names"] != layer_names:
             raise SnnkitError(f"{model.path} was not exported from this checkpoint (its spiking layers differ); "
-                              "pass the matching --checkpoint or re-export")
+                              "give the matching checkpoint or re-export")
         return int(model.meta["T"])
     steps = [int(m["step"]) for m in map(PROBE.match, model.probe_names()) if m["layer"] == layer_names[0]]
     if not steps:
@@ -237,14 +237,14 @@ def graph_steps(model: OnnxModel, layer_names: list[str]) -> int:
 def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path] = None,
              data_root: Optional[str] = None, batch_size: int = 256, model: Optional[OnnxModel] = None,
              max_accuracy_drop: float = MAX_ACCURACY_DROP) -> EvalResult:
-    """Evaluate the checkpoint (default ``runs/latest``) or, with ``onnx`` (or an opened ``model``),
+    """Evaluate the checkpoint (default ``<run.out_dir>/latest``) or, with ``onnx`` (or an opened ``model``),
     the graph against it, at the graph's T. ``max_accuracy_drop`` gates an int8 graph."""
     if batch_size < 1:
         raise SnnkitError(f"--batch-size must be at least 1, got {batch_size}")
     if not 0 <= max_accuracy_drop <= 1:
         raise SnnkitError(f"--max-accuracy-drop must be between 0 and 1 (0.005 is 0.5 pp), got {max_accuracy_drop}")
     model = model or (load_onnx(onnx) if onnx is not None else None)
-    ckpt_path = checkpoint_for(model, checkpoint) if model is not None else resolve_checkpoint_path(checkpoint or LATEST)
+    ckpt_path = checkpoint_for(model, checkpoint) if model is not None else resolve_checkpoint_path(checkpoint or latest_run())
     ckpt = load_checkpoint(ckpt_path)
     net = model_from_checkpoint(ckpt).to(torch.float32)
     kind, input_shape = ckpt["data"]["kind"], tuple(ckpt["data"]["input_shape"])

@@ -41,6 +41,7 @@ from snnkit.spiking import SpikingNet
 from . import OPSET, OPSETS
 from .costs import Topology, topology
 from .graph import TimeUnrolled, deployable, one_step
+from .outputs import check_output
 from .parity import verify
 from .runtime import FORM_KEYS, META_KEYS, OUTPUTS, load_onnx
 
@@ -210,10 +211,13 @@ def export_streaming(src: Source, out: Path, opset: int, data_root: Optional[str
 
 
 def export_checkpoint(checkpoint: str | Path, out: Optional[str | Path] = None, opset: int = OPSET,
-                      T: Optional[int] = None, form: str = "unrolled", data_root: Optional[str] = None) -> ExportResult:
+                      T: Optional[int] = None, form: str = "unrolled", data_root: Optional[str] = None,
+                      force: bool = False) -> ExportResult:
     """Export the model in ``checkpoint`` (a file or a run directory) as ``form`` to ``out``
     (default: :data:`FILE_NAMES` beside the checkpoint), for ``T`` steps (default: the trained T),
-    and check the written file. ``data_root``: where the training data is (int8 calibrates on it)."""
+    and check the written file. ``data_root``: where the training data is (int8 calibrates on it).
+    ``out`` must be a place where nothing is lost (:func:`~snnkit.deploy.outputs.check_output`);
+    ``force`` replaces an snnkit graph of the same form there."""
     from .nir_export import export_nir  # these two build on this module's pieces
     from .quantize import export_int8
 
@@ -223,7 +227,9 @@ def export_checkpoint(checkpoint: str | Path, out: Optional[str | Path] = None, 
     if opset not in OPSETS:
         raise SnnkitError(f"--opset {opset} is not supported; choose one of {OPSETS.start}..{OPSETS.stop - 1}")
     src = Source.load(checkpoint, T)
-    result = forms[form](src, Path(out) if out is not None else src.path.parent / FILE_NAMES[form], opset, data_root)
+    out = Path(out) if out is not None else src.path.parent / FILE_NAMES[form]
+    check_output(out, form, src.path, force)  # before any tracing
+    result = forms[form](src, out, opset, data_root)
     log.debug("exported %s (%s), opset %d", result.path, form, opset)
     return result
 

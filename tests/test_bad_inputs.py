@@ -568,10 +568,10 @@ DEPLOY = {
     "export onto a folder": (lambda p: ["export", "-o", p.parent], "is a folder; give a file path"),
     "eval batch size 0": (lambda p: ["eval", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
     "foreign graph, other input": (
-        lambda p: ["eval", "--onnx", foreign_graph(p.with_name("f.onnx"), [3], 10), "--checkpoint", p.parent],
+        lambda p: ["eval", "--onnx", foreign_graph(p.with_name("f.onnx"), [3], 10), p.parent],
         "does not expose per-step membranes and spikes for the layers of this checkpoint"),
     "foreign graph, other classes": (
-        lambda p: ["eval", "--onnx", foreign_graph(p.with_name("f.onnx"), [1, 8, 8], 5), "--checkpoint", p.parent],
+        lambda p: ["eval", "--onnx", foreign_graph(p.with_name("f.onnx"), [1, 8, 8], 5), p.parent],
         "does not expose per-step membranes and spikes for the layers of this checkpoint"),
     "metadata not JSON": (
         lambda p: ["eval", "--onnx", foreign_graph(p.with_name("f.onnx"), [1, 8, 8], 10,
@@ -580,7 +580,7 @@ DEPLOY = {
     "metadata without the checkpoint": (
         lambda p: ["eval", "--onnx", foreign_graph(p.with_name("f.onnx"), [1, 8, 8], 10,
                                                    {"snnkit_version": '"0.1.0"', "T": "4"})],
-        "has snnkit metadata that names no checkpoint; pass --checkpoint"),
+        "has snnkit metadata that names no checkpoint; give the checkpoint"),
 }
 
 

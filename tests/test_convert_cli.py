@@ -104,7 +104,7 @@ GUARD = ("names the model {name}, code outside snnkit that a checkpoint must not
          "naming it yourself: --model {name}")
 
 
-@pytest.mark.parametrize("command", [["export"], ["eval"], ["export", "--streaming"]])
+@pytest.mark.parametrize("command", [["export"], ["eval"], ["export", "--form", "streaming"]])
 def test_a_checkpoint_never_imports_code_unless_named(command, tmp_path, data):
     name = user("sj_avgpool_net")
     run = checkpoint_naming(tmp_path, name, data)
@@ -134,9 +134,9 @@ def test_the_zoo_needs_no_model_option(tmp_path, data):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("function,forms", [
-    ("sew_resnet18", [[], ["--streaming"]]),
-    ("snntorch_convnet", [[], ["--streaming"], ["--quantize", "int8"], ["--format", "nir"]]),
-    ("sj_avgpool_net", [[], ["--streaming"], ["--quantize", "int8"], ["--format", "nir"]]),
+    ("sew_resnet18", [[], ["--form", "streaming"]]),
+    ("snntorch_convnet", [[], ["--form", "streaming"], ["--form", "int8"], ["--form", "nir"]]),
+    ("sj_avgpool_net", [[], ["--form", "streaming"], ["--form", "int8"], ["--form", "nir"]]),
 ])
 def test_train_export_every_form_and_eval_pass(function, forms, tmp_path, data):
     name = user(function)

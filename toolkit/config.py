@@ -23,7 +23,8 @@ from .neuron import NeuronParams
 
 DEFAULT_RECIPE = "digits"
 AMP_CHOICES = ("none", "bf16", "fp16")
-RESERVED_NAMES = ("latest",)  # <out_dir>/latest is the link to the newest run
+LATEST_NAME = "latest"  # <run.out_dir>/latest: the link to the newest run with a checkpoint
+RESERVED_NAMES = (LATEST_NAME,)
 
 
 def require(ok: bool, key: str, rule: str, value: Any) -> None:
@@ -97,6 +98,11 @@ class RunConfig:
         require(self.name is None or (self.name not in RESERVED_NAMES and Path(self.name).name == self.name
                                       and not self.name.startswith(".")),
                 "run.name", "a plain folder name (no '/', not starting with '.', not 'latest')", self.name)
+
+
+def latest_run(out_dir: str | Path | None = None) -> Path:
+    """``<out_dir>/latest`` (default: run.out_dir's default): the run a command given none uses."""
+    return Path(out_dir if out_dir is not None else RunConfig.out_dir) / LATEST_NAME
 
 
 @dataclass(frozen=True)

@@ -9,13 +9,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-import torch
 import yaml
 
 from ..checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint
 from ..config import Config, config_from_dict, dump_yaml
 from ..data import DataBundle
-from ..errors import CheckpointError, ConfigError, DivergedError, SnnkitError
+from ..errors import CheckpointError, ConfigError, DivergedError, SnnkitError, out_of_memory
 from ..files import atomic_write_text
 from ..models import require_named
 from .distributed import process_group
@@ -28,10 +27,6 @@ log = logging.getLogger("snnkit.train")
 
 def default_name(cfg: Config) -> str:
     return f"{cfg.recipe}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def out_of_memory(e: BaseException) -> bool:
-    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in str(e)
 
 
 @contextmanager
