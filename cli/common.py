@@ -13,7 +13,7 @@ import logging
 import signal
 import threading
 from contextlib import contextmanager
-from typing import Annotated, Iterator, Optional
+from typing import Annotated, Iterable, Iterator, Optional
 
 import typer
 from rich import get_console
@@ -27,6 +27,11 @@ MODEL_OPTION = Annotated[Optional[str], typer.Option(
     "--model", help="Import this model of your own (package.module:function or file.py:function) when the "
                     "checkpoint names it. Importing runs that code: naming it is your own act, and a "
                     "checkpoint alone never imports anything.")]
+def one_of(names: Iterable[str]) -> str:
+    """A metavar that shows an option's choices in ``--help``: ``[a|b|c]``."""
+    return "[" + "|".join(names) + "]"
+
+
 FAILED = 3  # eval's exit status for a graph that failed its check: distinct from errors (2) and bugs (1)
 console = get_console()  # shared with the progress bars, so log lines print above them
 err_console = Console(stderr=True)

@@ -5,7 +5,6 @@ for this release (deprecated); any two that name different forms are refused bef
 """
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -15,41 +14,26 @@ from snnkit.deploy import OPSET, OPSETS
 from snnkit.config import latest_run
 from snnkit.errors import SnnkitError
 
-from .common import MODEL_OPTION, error_line, say, user_errors
+from .common import MODEL_OPTION, error_line, one_of, say, user_errors
+
+FORMS = ("unrolled", "streaming", "int8", "nir")
+ALIASES = {"--streaming": "streaming", "--quantize int8": "int8", "--format onnx": "unrolled", "--format nir": "nir"}
 
 
-class Form(str, Enum):
-    unrolled = "unrolled"
-    streaming = "streaming"
-    int8 = "int8"
-    nir = "nir"
-
-
-class Format(str, Enum):
-    onnx = "onnx"
-    nir = "nir"
-
-
-class Quantize(str, Enum):
-    int8 = "int8"
-
-
-FORMATS = {Format.onnx: Form.unrolled.value, Format.nir: Form.nir.value}
-
-
-def chosen_form(form: Optional[Form], streaming: bool, quantize: Optional[Quantize], format: Optional[Format]) -> str:
+def chosen_form(form: Optional[str], streaming: bool, quantize: Optional[str], format: Optional[str]) -> str:
     """The one form ``--form`` and the deprecated aliases name together (default: unrolled)."""
-    named = {f"--form {form.value}": form.value} if form is not None else {}
-    aliases = [("--streaming", "streaming")] if streaming else []
-    aliases += [("--quantize int8", "int8")] if quantize is not None else []
-    aliases += [(f"--format {format.value}", FORMATS[format])] if format is not None else []
-    named.update(aliases)
+    aliases = [flag for flag in ("--streaming" if streaming else None, quantize and f"--quantize {quantize}",
+                                 format and f"--format {format}") if flag]
+    named = {**({f"--form {form}": form if form in FORMS else None} if form is not None else {}),
+             **{flag: ALIASES.get(flag) for flag in aliases}}
+    if bad := next((flag for flag, value in named.items() if value is None), None):
+        raise SnnkitError(f"{bad} is not an export form; give --form {one_of(FORMS)}")
     if len(set(named.values())) > 1:
-        raise SnnkitError(f"{' and '.join(named)} name different forms; give one --form "
-                          f"({', '.join(f.value for f in Form)}) and export the others one at a time")
-    for flag, value in aliases:
-        error_line(f"note: {flag} is deprecated; write --form {value}")
-    return next(iter(named.values()), Form.unrolled.value)
+        raise SnnkitError(f"{' and '.join(named)} name different forms; give one --form {one_of(FORMS)} "
+                          "and export the others one at a time")
+    for flag in aliases:
+        error_line(f"note: {flag} is deprecated; write --form {named[flag]}")
+    return next(iter(named.values()), FORMS[0])
 
 
 def export(
@@ -59,10 +43,11 @@ def export(
         "--output", "-o", help="Where to write the graph (default: model.onnx, model_streaming.onnx, "
                                "model_int8.onnx or model.nir beside the checkpoint). Never a checkpoint, a "
                                "run's own files or a file of another kind.")] = None,
-    form: Annotated[Optional[Form], typer.Option(
-        help="unrolled: all T steps in one graph; streaming: one step per call, the membrane states as inputs "
-             "and outputs; int8: 8-bit convolutions and linear layers, calibrated on the run's training data; "
-             "nir: the Neuromorphic Intermediate Representation (hard-reset models).")] = None,
+    form: Annotated[Optional[str], typer.Option(
+        metavar="FORM",
+        help="unrolled (default): all T steps in one graph; streaming: one step per call, the membrane states as "
+             "inputs and outputs; int8: 8-bit convolutions and linear layers, calibrated on the run's training "
+             "data; nir: the Neuromorphic Intermediate Representation (hard-reset models).")] = None,
     force: Annotated[bool, typer.Option(help="Replace an snnkit graph of the same form at the output path.")] = False,
     opset: Annotated[int, typer.Option(help=f"ONNX opset, {OPSETS.start}..{OPSETS.stop - 1}.")] = OPSET,
     T: Annotated[Optional[int], typer.Option(
@@ -71,9 +56,9 @@ def export(
         help="With --form int8: where the training data is (datasets with files).")] = None,
     model: MODEL_OPTION = None,
     streaming: Annotated[bool, typer.Option(help="Deprecated: --form streaming.")] = False,
-    quantize: Annotated[Optional[Quantize], typer.Option(help="Deprecated: --form int8.")] = None,
-    format: Annotated[Optional[Format], typer.Option("--format", help="Deprecated: --form nir (onnx: unrolled).")]
-    = None,
+    quantize: Annotated[Optional[str], typer.Option(metavar="int8", help="Deprecated: --form int8.")] = None,
+    format: Annotated[Optional[str], typer.Option(
+        "--format", metavar="[onnx|nir]", help="Deprecated: --form nir (onnx: unrolled).")] = None,
 ) -> None:
     """Export a trained model to a checked graph with per-layer spike counts: time-unrolled ONNX or an edge form."""
     from snnkit.deploy.export import export_checkpoint

@@ -352,8 +352,8 @@ def test_a_run_stopped_before_its_results_gets_them_on_resume_without_training(r
     metrics = (runs / "good" / "metrics.jsonl").read_text()
     assert cli("train", "--resume", runs / "good").exit_code == 0
     again = json.loads((runs / "good" / "results.json").read_text())
-    assert (again["final_acc"], again["best_acc"]) == (final["final_acc"], final["best_acc"])
-    assert again["final_acc"] == json.loads(metrics.splitlines()[-1])["test_acc"]
+    assert (again["test_acc_final"], again["test_acc_best"]) == (final["test_acc_final"], final["test_acc_best"])
+    assert again["test_acc_final"] == json.loads(metrics.splitlines()[-1])["test_acc"]
     assert (runs / "good" / "metrics.jsonl").read_text() == metrics
 
 

@@ -38,9 +38,11 @@ class DataConfig:
     root: Optional[str] = None  # where the dataset's files are; not used by embedded datasets
     batch_size: int = 64
     workers: int = 0
+    val_fraction: float = 0.1  # of the training set, held out for model selection (best.pt)
 
     def __post_init__(self):
         require(self.batch_size >= 1, "data.batch_size", "at least 1", self.batch_size)
+        require(0 < self.val_fraction < 1, "data.val_fraction", "between 0 and 1 (0.1 is 10 %)", self.val_fraction)
         require(self.workers >= 0, "data.workers", "0 or more", self.workers)
 
 

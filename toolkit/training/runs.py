@@ -89,7 +89,8 @@ def finished_result(run_dir: Path, ckpt: dict, cfg: Config) -> Optional[RunResul
         return None
     try:
         r = json.loads((run_dir / "results.json").read_text())
-        return RunResult(run_dir, r["final_acc"], r["best_acc"], r["best_epoch"], r["seconds"], True)
+        return RunResult(run_dir, r["test_acc_final"], r["test_acc_best"], r["best_epoch"], r["seconds"],
+                         r["best_val_acc"], already_finished=True)
     except (OSError, ValueError, KeyError, TypeError):
         return None  # stopped before writing results.json: resuming writes it
 
