@@ -24,7 +24,7 @@ import io
 import json
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -35,7 +35,7 @@ import torch
 from snnkit import __version__
 from snnkit.checkpoint import load_checkpoint, model_from_checkpoint, nonfinite, resolve_checkpoint_path
 from snnkit.errors import SnnkitError
-from snnkit.files import atomic_write
+from snnkit.files import atomic_write, staged
 from snnkit.spiking import SpikingNet
 
 from . import OPSET, OPSETS
@@ -229,7 +229,8 @@ def export_checkpoint(checkpoint: str | Path, out: Optional[str | Path] = None, 
     src = Source.load(checkpoint, T)
     out = Path(out) if out is not None else src.path.parent / FILE_NAMES[form]
     check_output(out, form, src.path, force)  # before any tracing
-    result = forms[form](src, out, opset, data_root)
+    with staged(out) as tmp:  # written and checked under another name: a failure leaves ``out`` as it was
+        result = replace(forms[form](src, tmp, opset, data_root), path=out)
     log.debug("exported %s (%s), opset %d", result.path, form, opset)
     return result
 

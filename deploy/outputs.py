@@ -58,6 +58,10 @@ def kind_of(path: Path) -> str:
     return nir_form(path) if head == HDF5 else onnx_form(path)
 
 
+def graph(form: str) -> str:
+    return f"{'an' if form[0] in 'aeiou' else 'a'} {form} graph"
+
+
 def describe(kind: str) -> str:
     return {"checkpoint": "a checkpoint", "onnx": "another tool's ONNX graph", "": "a file snnkit did not write"
             }.get(kind, f"an snnkit {kind} graph")
@@ -78,7 +82,7 @@ def check_output(out: Path, form: str, source: Path, force: bool = False) -> Non
         return
     kind = kind_of(out)
     if kind != form:
-        raise SnnkitError(f"{out} already holds {describe(kind)}, not a {form} graph; {keep} "
+        raise SnnkitError(f"{out} already holds {describe(kind)}, not {graph(form)}; {keep} "
                           "(or remove that file yourself)")
     if not force:
         raise SnnkitError(f"{out} already holds an snnkit {form} graph; pass --force to replace it")

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional
+from typing import BinaryIO, Callable, Iterator, Optional
 
 from .errors import WriteError
 
@@ -87,3 +88,21 @@ def append_line(path: str | Path, line: str) -> Path:
     path = Path(path)
     old = path.read_text() if path.exists() else ""
     return atomic_write_text(path, f"{old}{line}\n")
+
+
+@contextmanager
+def staged(path: str | Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` for a file that is written (atomically) and checked there,
+    renamed over ``path`` when the block succeeds and removed when it fails."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _cannot_write(path, e) from None
