@@ -27,6 +27,8 @@ MODEL_OPTION = Annotated[Optional[str], typer.Option(
     "--model", help="Import this model of your own (package.module:function or file.py:function) when the "
                     "checkpoint names it. Importing runs that code: naming it is your own act, and a "
                     "checkpoint alone never imports anything.")]
+
+
 def one_of(names: Iterable[str]) -> str:
     """A metavar that shows an option's choices in ``--help``: ``[a|b|c]``."""
     return "[" + "|".join(names) + "]"
@@ -98,6 +100,5 @@ def user_errors(lower: str = "") -> Iterator[None]:
         raise typer.Exit(128 + (signal.SIGTERM if isinstance(e, Terminated) else signal.SIGINT)) from None
     except Exception as e:
         if lower and out_of_memory(e):
-            raise fail(f"out of memory ({type(e).__name__}); lower {lower} and try again") \
-                from None
+            raise fail(f"out of memory ({type(e).__name__}); lower {lower} and try again") from None
         raise

@@ -45,7 +45,7 @@ def train(
     from snnkit.training import resume as resume_run, train as train_run
     from snnkit.training.distributed import is_main_process
 
-    with user_errors():
+    with user_errors(lower="data.batch_size or method.T"):
         if model is not None and resume is None:
             raise ConfigError(f"--model is for --resume; to train {model}, give --set model.name={model}")
         if resume is not None:
