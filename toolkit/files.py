@@ -43,9 +43,12 @@ def _temporary(path: Path) -> tuple[int, Path]:
             continue
 
 
-def _cannot_write(path: Path, e: OSError) -> WriteError:
-    return WriteError(f"cannot write {path} ({e.strerror or e}); free space or choose a writable "
-                      f"location and try again (the previous file, if any, is unchanged)")
+def _cannot_write(path: Path, e: OSError | str) -> WriteError:
+    reason = e if isinstance(e, str) else e.strerror or str(e)
+    error = WriteError(f"cannot write {path} ({reason}); free space or choose a writable "
+                       f"location and try again (the previous file, if any, is unchanged)")
+    error.path, error.reason = path, reason
+    return error
 
 
 def atomic_write_with(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
@@ -98,6 +101,11 @@ def staged(path: str | Path) -> Iterator[Path]:
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         yield tmp
+    except WriteError as e:  # said of the staged name: say it of ``path``
+        tmp.unlink(missing_ok=True)
+        if getattr(e, "path", None) != tmp:
+            raise
+        raise _cannot_write(path, e.reason) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
