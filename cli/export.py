@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from snnkit.deploy import OPSET, OPSETS
-from snnkit.config import latest_run
+from snnkit.layout import latest_run
 from snnkit.errors import SnnkitError
 
 from .common import MODEL_OPTION, error_line, one_of, say, user_errors
@@ -38,7 +38,8 @@ def chosen_form(form: Optional[str], streaming: bool, quantize: Optional[str], f
 
 def export(
     run: Annotated[Optional[str], typer.Argument(
-        metavar="RUN_OR_CHECKPOINT", help="A run directory or checkpoint file (default: <run.out_dir>/latest).")] = None,
+        metavar="RUN_OR_CHECKPOINT",
+        help="A run directory or checkpoint file (default: <run.out_dir>/latest).")] = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Where to write the graph (default: model.onnx, model_streaming.onnx, "
                                "model_int8.onnx or model.nir beside the checkpoint). Never a checkpoint, a "

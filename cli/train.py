@@ -25,7 +25,8 @@ def train(
     T: Annotated[Optional[int], typer.Option("--T", "-T", help="Time steps per sample.")] = None,
     device: Annotated[Optional[str], typer.Option(
         metavar=one_of(DEVICES), help="Where to train (auto: CUDA when present).")] = None,
-    amp: Annotated[Optional[str], typer.Option(metavar=one_of(AMP_CHOICES), help="Mixed precision on the model.")] = None,
+    amp: Annotated[Optional[str], typer.Option(
+        metavar=one_of(AMP_CHOICES), help="Mixed precision on the model.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
     name: Annotated[Optional[str], typer.Option(help="Run directory name under run.out_dir.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option(

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from snnkit.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
-from snnkit.config import latest_run
+from snnkit.layout import latest_run
 from snnkit.data import DataBundle, encode, load_dataset
 from snnkit.errors import DataError, SnnkitError
 from snnkit.spiking import Mode, SpikingNet
@@ -244,7 +244,8 @@ def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path]
     if not 0 <= max_accuracy_drop <= 1:
         raise SnnkitError(f"--max-accuracy-drop must be between 0 and 1 (0.005 is 0.5 pp), got {max_accuracy_drop}")
     model = model or (load_onnx(onnx) if onnx is not None else None)
-    ckpt_path = checkpoint_for(model, checkpoint) if model is not None else resolve_checkpoint_path(checkpoint or latest_run())
+    ckpt_path = (checkpoint_for(model, checkpoint) if model is not None
+                 else resolve_checkpoint_path(checkpoint or latest_run()))
     ckpt = load_checkpoint(ckpt_path)
     net = model_from_checkpoint(ckpt).to(torch.float32)
     kind, input_shape = ckpt["data"]["kind"], tuple(ckpt["data"]["input_shape"])

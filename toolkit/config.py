@@ -19,12 +19,12 @@ from typing import Any, Optional
 import yaml
 
 from .errors import ConfigError
+from .layout import DEFAULT_OUT_DIR, LATEST_NAME
 from .neuron import NeuronParams
 
 DEFAULT_RECIPE = "digits"
 AMP_CHOICES = ("none", "bf16", "fp16")
-LATEST_NAME = "latest"  # <run.out_dir>/latest: the link to the newest run with a checkpoint
-RESERVED_NAMES = (LATEST_NAME,)
+RESERVED_NAMES = (LATEST_NAME,)  # <out_dir>/latest is the link to the newest run
 
 
 def require(ok: bool, key: str, rule: str, value: Any) -> None:
@@ -85,7 +85,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class RunConfig:
     name: Optional[str] = None  # run directory name; default <recipe>-<method>-<time>
-    out_dir: str = "runs"
+    out_dir: str = DEFAULT_OUT_DIR
     seed: int = 0
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N; under torchrun cuda:LOCAL_RANK
     amp: str = "none"  # autocast the model in bf16 or fp16 (with a gradient scaler); none: fp32
@@ -100,11 +100,6 @@ class RunConfig:
         require(self.name is None or (self.name not in RESERVED_NAMES and Path(self.name).name == self.name
                                       and not self.name.startswith(".")),
                 "run.name", "a plain folder name (no '/', not starting with '.', not 'latest')", self.name)
-
-
-def latest_run(out_dir: str | Path | None = None) -> Path:
-    """``<out_dir>/latest`` (default: run.out_dir's default): the run a command given none uses."""
-    return Path(out_dir if out_dir is not None else RunConfig.out_dir) / LATEST_NAME
 
 
 @dataclass(frozen=True)

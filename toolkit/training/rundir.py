@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..checkpoint import CHECKPOINT_NAME, LOCK_NAME, is_run_folder
-from ..config import latest_run
+from ..layout import latest_run
 from ..errors import ConfigError, SnnkitError, WriteError
 
 log = logging.getLogger("snnkit.train")
