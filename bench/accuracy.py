@@ -115,7 +115,7 @@ def summary(row: Row) -> dict | None:
     last = metrics[-1]
     memory = row.run_dir / MEMORY_NAME
     seconds = [m["train_seconds"] for m in metrics]
-    return {"row": row.label, "epochs": last["epoch"], "final_acc": last["test_acc"], "best_acc": last["best_acc"],
+    return {"row": row.label, "epochs": last["epoch"], "final_acc": last["test_acc"], "best_acc": last["test_acc_best"],
             "best_epoch": last["best_epoch"], "train_acc": last["train_acc"], "firing_rate": last["test_firing_rate"],
             "seconds_per_epoch": statistics.median(seconds), "train_seconds": sum(seconds),
             **(json.loads(memory.read_text()) if memory.is_file() else {}),

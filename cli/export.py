@@ -1,61 +1,73 @@
-"""``snnkit export [RUN_OR_CHECKPOINT] [-o PATH] [--opset N] [--T N] [--streaming | --quantize int8 | --format nir]``."""
+"""``snnkit export [RUN_OR_CHECKPOINT] [-o PATH] [--form unrolled|streaming|int8|nir] [--opset N] [--T N] [--force]``.
+
+``--streaming``, ``--quantize int8`` and ``--format nir`` are the 0.1 spellings of ``--form``, kept
+for this release (deprecated); any two that name different forms are refused before anything loads.
+"""
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from snnkit.deploy import OPSET, OPSETS
+from snnkit.layout import latest_run
+from snnkit.errors import SnnkitError
 
-from .common import console, user_errors
+from .common import MODEL_OPTION, error_line, one_of, say, user_errors
+
+FORMS = ("unrolled", "streaming", "int8", "nir")
+ALIASES = {"--streaming": "streaming", "--quantize int8": "int8", "--format onnx": "unrolled", "--format nir": "nir"}
 
 
-class Format(str, Enum):
-    onnx = "onnx"
-    nir = "nir"
-
-
-class Quantize(str, Enum):
-    int8 = "int8"
+def chosen_form(form: Optional[str], streaming: bool, quantize: Optional[str], format: Optional[str]) -> str:
+    """The one form ``--form`` and the deprecated aliases name together (default: unrolled)."""
+    aliases = [flag for flag in ("--streaming" if streaming else None, quantize and f"--quantize {quantize}",
+                                 format and f"--format {format}") if flag]
+    named = {**({f"--form {form}": form if form in FORMS else None} if form is not None else {}),
+             **{flag: ALIASES.get(flag) for flag in aliases}}
+    if bad := next((flag for flag, value in named.items() if value is None), None):
+        raise SnnkitError(f"{bad} is not an export form; give --form {one_of(FORMS)}")
+    if len(set(named.values())) > 1:
+        raise SnnkitError(f"{' and '.join(named)} name different forms; give one --form {one_of(FORMS)} "
+                          "and export the others one at a time")
+    for flag in aliases:
+        error_line(f"note: {flag} is deprecated; write --form {named[flag]}")
+    return next(iter(named.values()), FORMS[0])
 
 
 def export(
-    run: Annotated[str, typer.Argument(metavar="RUN_OR_CHECKPOINT",
-                                       help="A run directory or checkpoint file.")] = "runs/latest",
+    run: Annotated[Optional[str], typer.Argument(
+        metavar="RUN_OR_CHECKPOINT",
+        help="A run directory or checkpoint file (default: <run.out_dir>/latest).")] = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Where to write the graph (default: model.onnx, model_streaming.onnx, "
-                               "model_int8.onnx or model.nir beside the checkpoint).")] = None,
+                               "model_int8.onnx or model.nir beside the checkpoint). Never a checkpoint, a "
+                               "run's own files or a file of another kind.")] = None,
+    form: Annotated[Optional[str], typer.Option(
+        metavar="FORM",
+        help="unrolled (default): all T steps in one graph; streaming: one step per call, the membrane states as "
+             "inputs and outputs; int8: 8-bit convolutions and linear layers, calibrated on the run's training "
+             "data; nir: the Neuromorphic Intermediate Representation (hard-reset models).")] = None,
+    force: Annotated[bool, typer.Option(help="Replace an snnkit graph of the same form at the output path.")] = False,
     opset: Annotated[int, typer.Option(help=f"ONNX opset, {OPSETS.start}..{OPSETS.stop - 1}.")] = OPSET,
     T: Annotated[Optional[int], typer.Option(
         "--T", "-T", help="Time steps to unroll, or to run a streaming graph for (default: the trained T).")] = None,
-    streaming: Annotated[bool, typer.Option(
-        help="A graph that runs one time step per call, the membrane states as inputs and outputs.")] = False,
-    quantize: Annotated[Optional[Quantize], typer.Option(
-        help="int8: 8-bit convolutions and linear layers, calibrated on the run's training data.")] = None,
-    format: Annotated[Format, typer.Option(
-        "--format", help="onnx, or nir (the Neuromorphic Intermediate Representation; hard-reset models).")]
-    = Format.onnx,
     data_root: Annotated[Optional[str], typer.Option(
-        help="With --quantize: where the training data is (datasets with files).")] = None,
-    model: Annotated[Optional[str], typer.Option(
-        "--model", help="Import this model of your own (package.module:function or file.py:function) when the "
-                        "checkpoint names it. Importing runs that code: naming it is your own act, and a "
-                        "checkpoint alone never imports anything.")] = None,
+        help="With --form int8: where the training data is (datasets with files).")] = None,
+    model: MODEL_OPTION = None,
+    streaming: Annotated[bool, typer.Option(help="Deprecated: --form streaming.")] = False,
+    quantize: Annotated[Optional[str], typer.Option(metavar="int8", help="Deprecated: --form int8.")] = None,
+    format: Annotated[Optional[str], typer.Option(
+        "--format", metavar="[onnx|nir]", help="Deprecated: --form nir (onnx: unrolled).")] = None,
 ) -> None:
-    """Export a trained model to a time-unrolled ONNX graph with per-layer spike counts, or an edge form."""
+    """Export a trained model to a checked graph with per-layer spike counts: time-unrolled ONNX or an edge form."""
     from snnkit.deploy.export import export_checkpoint
-    from snnkit.errors import SnnkitError
     from snnkit.models import naming
 
-    forms = [f for f, on in (("streaming", streaming), ("int8", quantize is not None),
-                             ("nir", format is Format.nir)) if on]
-    with user_errors(), naming(model):
-        if len(forms) > 1:
-            raise SnnkitError(f"{' and '.join(forms)} are separate forms; export them one at a time")
-        r = export_checkpoint(run, output, opset, T, form=forms[0] if forms else "unrolled", data_root=data_root)
-    console.print(", ".join([f"wrote {r.path}: {r.size_bytes / 1024:.1f} KiB", f"{r.nodes} nodes", f"T = {r.T}",
-                             f"L = {r.layers} spiking layers", *([f"opset {r.opset}"] if r.opset is not None else []),
-                             *([r.detail] if r.detail else [])]),
-                  markup=False, highlight=False, soft_wrap=True)
+    with user_errors(lower="--T (fewer steps to unroll)"), naming(model):
+        chosen = chosen_form(form, streaming, quantize, format)
+        r = export_checkpoint(run or latest_run(), output, opset, T, form=chosen, data_root=data_root, force=force)
+    say(", ".join([f"wrote {r.path}: {r.size_bytes / 1024:.1f} KiB", f"{r.nodes} nodes", f"T = {r.T}",
+                   f"L = {r.layers} spiking layers", *([f"opset {r.opset}"] if r.opset is not None else []),
+                   *([r.detail] if r.detail else [])]))

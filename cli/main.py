@@ -7,7 +7,7 @@ import typer
 
 from snnkit import __version__
 
-from . import eval as eval_cmd, export as export_cmd, train as train_cmd
+from . import eval as eval_cmd, export as export_cmd, listing, train as train_cmd
 from .common import setup_logging
 
 app = typer.Typer(name="snnkit", no_args_is_help=True, add_completion=False,
@@ -15,6 +15,7 @@ app = typer.Typer(name="snnkit", no_args_is_help=True, add_completion=False,
 app.command()(train_cmd.train)
 app.command()(export_cmd.export)
 app.command(name="eval")(eval_cmd.eval_command)
+app.command(name="list")(listing.list_command)
 
 
 def _version(value: bool) -> None:

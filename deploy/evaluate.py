@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from snnkit.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
+from snnkit.layout import DEFAULT_OUT_DIR, latest_run
 from snnkit.data import DataBundle, encode, load_dataset
 from snnkit.errors import DataError, SnnkitError
 from snnkit.spiking import Mode, SpikingNet
@@ -32,8 +33,7 @@ from .parity import Observed, Verdict, nonfinite_weights, verify
 from .runtime import OnnxModel, load_onnx
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-RUNS = Path("runs")  # where eval looks for a graph's checkpoint by its SHA-256
-LATEST = RUNS / "latest"
+RUNS = Path(DEFAULT_OUT_DIR)  # where eval looks for a graph's checkpoint by its SHA-256
 PROBE_BYTES = 1 << 30  # per chunk of samples run with every membrane and spike exposed (both sides)
 ACCURACY_GATED = {"int8"}  # quantized weights legitimately move spikes
 
@@ -218,13 +218,13 @@ def checkpoint_for(model: OnnxModel, checkpoint: Optional[str | Path]) -> Path:
     recorded = model.meta.get("checkpoint") if model.meta is not None else None
     if checkpoint is None and recorded is None:
         what = "no snnkit metadata" if model.meta is None else "snnkit metadata that names no checkpoint"
-        raise SnnkitError(f"{model.path} has {what}; pass --checkpoint with the checkpoint it was exported "
-                          "from to evaluate it")
+        raise SnnkitError(f"{model.path} has {what}; give the checkpoint it was exported from "
+                          "(`snnkit eval CHECKPOINT --onnx GRAPH`) to evaluate it")
     if checkpoint is not None:
         path = resolve_checkpoint_path(checkpoint)
         if recorded is not None and file_sha256(path) != recorded["sha256"]:
             raise SnnkitError(f"{path} is not the checkpoint {model.path} was exported from (its SHA-256 differs); "
-                              "pass that checkpoint with --checkpoint, or re-export")
+                              "give that checkpoint (`snnkit eval CHECKPOINT --onnx GRAPH`), or re-export")
         return path
     named = [model.path.parent / recorded["file"]]  # beside the graph, then where it was relative to it
     named += [model.path.parent / recorded["relative"]] if "relative" in recorded else []
@@ -234,10 +234,10 @@ def checkpoint_for(model: OnnxModel, checkpoint: Optional[str | Path]) -> Path:
         return found
     if changed := next((p for p in named if p.is_file()), None):
         raise SnnkitError(f"{changed} is not the checkpoint {model.path} was exported from (its SHA-256 differs); "
-                          "pass that checkpoint with --checkpoint, or re-export")
+                          "give that checkpoint (`snnkit eval CHECKPOINT --onnx GRAPH`), or re-export")
     at = f", at its recorded path {recorded['relative']}," if "relative" in recorded else ""
     raise SnnkitError(f"{model.path} was exported from {recorded['file']} (SHA-256 {recorded['sha256'][:12]}), which "
-                      f"is not beside it{at} or in a run under {RUNS}/; pass --checkpoint with that checkpoint")
+                      f"is not beside it{at} or in a run under {RUNS}/; give that checkpoint (`snnkit eval CHECKPOINT --onnx GRAPH`)")
 
 
 def graph_steps(model: OnnxModel, net: SpikingNet, layer_names: list[str]) -> int:
@@ -247,11 +247,11 @@ def graph_steps(model: OnnxModel, net: SpikingNet, layer_names: list[str]) -> in
     if model.meta is not None:
         if model.meta["layer_names"] != layer_names:
             raise SnnkitError(f"{model.path} was not exported from this checkpoint (its spiking layers differ); "
-                              "pass the matching --checkpoint or re-export")
+                              "give the matching checkpoint or re-export")
         modules = dict(net.body.named_modules())
         if unknown := [name for name in model.meta["computed_once"] if name not in modules]:
             raise SnnkitError(f"{model.path}: its snnkit metadata 'computed_once' names {unknown[0]!r}, which this "
-                              "checkpoint's model does not have; pass the matching --checkpoint or re-export")
+                              "checkpoint's model does not have; give the matching checkpoint or re-export")
     steps = {}
     for m in filter(None, map(PROBE.match, model.probe_names())):
         steps.setdefault(m["layer"], set()).add(int(m["step"]))
@@ -264,14 +264,15 @@ def graph_steps(model: OnnxModel, net: SpikingNet, layer_names: list[str]) -> in
 def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path] = None,
              data_root: Optional[str] = None, batch_size: int = 256, model: Optional[OnnxModel] = None,
              max_accuracy_drop: float = MAX_ACCURACY_DROP) -> EvalResult:
-    """Evaluate the checkpoint (default ``runs/latest``) or, with ``onnx`` (or an opened ``model``),
+    """Evaluate the checkpoint (default ``<run.out_dir>/latest``) or, with ``onnx`` (or an opened ``model``),
     the graph against it, at the graph's T. ``max_accuracy_drop`` gates an int8 graph."""
     if batch_size < 1:
         raise SnnkitError(f"--batch-size must be at least 1, got {batch_size}")
     if not 0 <= max_accuracy_drop <= 1:
         raise SnnkitError(f"--max-accuracy-drop must be between 0 and 1 (0.005 is 0.5 pp), got {max_accuracy_drop}")
     model = model or (load_onnx(onnx) if onnx is not None else None)
-    ckpt_path = checkpoint_for(model, checkpoint) if model is not None else resolve_checkpoint_path(checkpoint or LATEST)
+    ckpt_path = (checkpoint_for(model, checkpoint) if model is not None
+                 else resolve_checkpoint_path(checkpoint or latest_run()))
     ckpt = load_checkpoint(ckpt_path)
     net = model_from_checkpoint(ckpt).to(torch.float32)
     kind, input_shape = ckpt["data"]["kind"], tuple(ckpt["data"]["input_shape"])

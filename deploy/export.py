@@ -25,7 +25,7 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -38,12 +38,13 @@ from snnkit import __version__
 from snnkit.checkpoint import load_checkpoint, model_from_checkpoint, nonfinite, resolve_checkpoint_path
 from snnkit.digest import config_hash
 from snnkit.errors import SnnkitError
-from snnkit.files import atomic_write
+from snnkit.files import atomic_write, staged
 from snnkit.spiking import SpikingNet
 
 from . import MAX_T, OPSET, OPSETS
 from .costs import Topology, topology
 from .graph import TimeUnrolled, deployable, one_step
+from .outputs import check_output
 from .parity import verify
 from .metadata import FORM_KEYS, META_KEYS
 from .runtime import OUTPUTS, load_onnx
@@ -248,10 +249,13 @@ def batch_checked(model: onnx.ModelProto, states: list[dict]) -> onnx.ModelProto
 
 
 def export_checkpoint(checkpoint: str | Path, out: Optional[str | Path] = None, opset: int = OPSET,
-                      T: Optional[int] = None, form: str = "unrolled", data_root: Optional[str] = None) -> ExportResult:
+                      T: Optional[int] = None, form: str = "unrolled", data_root: Optional[str] = None,
+                      force: bool = False) -> ExportResult:
     """Export the model in ``checkpoint`` (a file or a run directory) as ``form`` to ``out``
     (default: :data:`FILE_NAMES` beside the checkpoint), for ``T`` steps (default: the trained T),
-    and check the written file. ``data_root``: where the training data is (int8 calibrates on it)."""
+    and check the written file. ``data_root``: where the training data is (int8 calibrates on it).
+    ``out`` must be a place where nothing is lost (:func:`~snnkit.deploy.outputs.check_output`);
+    ``force`` replaces an snnkit graph of the same form there."""
     from .nir_export import export_nir  # these two build on this module's pieces
     from .quantize import export_int8
 
@@ -261,7 +265,10 @@ def export_checkpoint(checkpoint: str | Path, out: Optional[str | Path] = None, 
     if opset not in OPSETS:
         raise SnnkitError(f"--opset {opset} is not supported; choose one of {OPSETS.start}..{OPSETS.stop - 1}")
     src = Source.load(checkpoint, T)
-    result = forms[form](src, Path(out) if out is not None else src.path.parent / FILE_NAMES[form], opset, data_root)
+    out = Path(out) if out is not None else src.path.parent / FILE_NAMES[form]
+    check_output(out, form, src.path, force)  # before any tracing
+    with staged(out) as tmp:  # written and checked under another name: a failure leaves ``out`` as it was
+        result = replace(forms[form](src, tmp, opset, data_root), path=out)
     log.debug("exported %s (%s), opset %d", result.path, form, opset)
     return result
 

@@ -1,4 +1,4 @@
-"""``snnkit export --format nir``: the network as a NIR graph, for neuromorphic tool chains.
+"""``snnkit export --form nir``: the network as a NIR graph, for neuromorphic tool chains.
 
 NIR (the Neuromorphic Intermediate Representation, package ``nir``) writes neurons as
 continuous-time equations; its LIF is ``τ·dv/dt = (v_leak − v) + r·I``, firing when

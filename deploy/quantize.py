@@ -1,4 +1,4 @@
-"""``snnkit export --quantize int8``: the unrolled graph with 8-bit convolutions and linear layers.
+"""``snnkit export --form int8``: the unrolled graph with 8-bit convolutions and linear layers.
 
 onnxruntime's static quantization (QDQ format) on the simplified float32 graph (the unrolled form,
 traced and simplified as :mod:`snnkit.deploy.export` does it, probes kept): weights int8 per

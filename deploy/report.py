@@ -20,15 +20,26 @@ from .evaluate import Agreement, EvalResult, Parity
 from snnkit.files import atomic_write
 
 
+def verdict_line(result: EvalResult) -> str:
+    """The one line ``snnkit eval`` ends with: the form, the verdict and the number that decided it."""
+    p = result.parity
+    if p is None:
+        return f"checkpoint at T = {result.T}: test accuracy {result.accuracy:.2%}"
+    verdict = "PASS" if p.passed else "FAIL"
+    if p.max_accuracy_drop is None:
+        return f"{result.form} graph, ONNX parity at T = {p.T}: {verdict}, {p.verdict.unexplained:,} spikes unexplained"
+    return (f"int8 graph at T = {p.T}: {verdict} on accuracy, drop {p.accuracy_drop * 100:.2f} pp "
+            f"(at most {p.max_accuracy_drop * 100:g} pp)")
+
+
 def parity_table(p: Parity) -> Table:
     v, o = p.verdict, p.outputs
     if p.max_accuracy_drop is None:
-        title = (f"ONNX parity at T = {p.T}: {'PASS' if p.passed else 'FAIL'} "
-                 "(every differing spike explained by float32 rounding or an earlier difference)")
+        title = (f"ONNX parity at T = {p.T}, spike by spike (a differing spike is explained by float32 rounding "
+                 "or an earlier difference)")
     else:
-        title = (f"int8 graph at T = {p.T}: {'PASS' if p.passed else 'FAIL'} on accuracy (drop "
-                 f"{p.accuracy_drop * 100:.2f} pp against float32, at most {p.max_accuracy_drop * 100:g} pp; "
-                 "quantization moves spikes, so they are reported, not gated)")
+        title = (f"int8 graph at T = {p.T}: gated on accuracy against float32; quantization moves spikes, so "
+                 "they are reported, not gated")
     table = Table(title=title, title_justify="left")
     for col in ("check", "measured"):
         table.add_column(col)
@@ -105,8 +116,12 @@ def efficiency_table(report: dict) -> Group:
 def energy_lines(report: dict) -> list[str]:
     lines = [f"energy per sample, {p}: SNN {e['snn_pj'] / 1e6:.4g} µJ vs ANN {e['ann_pj'] / 1e6:.4g} µJ "
              f"(SNN/ANN {e['snn_over_ann']:.3f})" for p, e in report["energy"].items()]
-    lines.append(f"neuron updates per sample: {report['neuron_updates_per_sample']:,} (not in the energy)")
-    return lines + [f"assumption: {a}" for a in report["assumptions"]]
+    return lines + [f"neuron updates per sample: {report['neuron_updates_per_sample']:,} (not in the energy)"]
+
+
+def assumption_lines(report: dict) -> list[str]:
+    """The energy model's assumptions (in efficiency.json; printed under ``snnkit --verbose eval``)."""
+    return [f"assumption: {a}" for a in report["assumptions"]]
 
 
 def parity_dict(p: Parity) -> dict:

@@ -166,13 +166,13 @@ def check_states(path: Path, session: ort.InferenceSession, meta: dict) -> None:
     states, inputs = meta["states"], {i.name: i.shape for i in session.get_inputs()}
     if [s["layer"] for s in states] != meta["layer_names"] or set(inputs) != {"input", *(s["input"] for s in states)}:
         raise SnnkitError(f"{path}: its snnkit metadata 'states' does not name one state per spiking layer as the "
-                          "graph's inputs; re-export it with `snnkit export --streaming`")
+                          "graph's inputs; re-export it with `snnkit export --form streaming`")
     for state in states:
         declared = inputs[state["input"]][1:]
         if any(isinstance(d, int) and d != n for d, n in zip(declared, state["shape"])) or len(declared) != len(
                 state["shape"]):
             raise SnnkitError(f"{path}: its snnkit metadata gives state {state['input']!r} the shape {state['shape']} "
-                              f"but the graph takes {declared}; re-export it with `snnkit export --streaming`")
+                              f"but the graph takes {declared}; re-export it with `snnkit export --form streaming`")
 
 
 RUNNERS = {"streaming": StreamingModel}  # forms run otherwise than one call per sample
@@ -185,7 +185,7 @@ def load_onnx(path: str | Path, providers: Optional[list[str]] = None,
         raise SnnkitError(f"no ONNX file at {path}; export one with `snnkit export`")
     if path.suffix == ".nir":
         raise SnnkitError(f"{path} is a NIR graph, which `snnkit eval --onnx` does not run; evaluate the checkpoint, "
-                          "or its streaming graph (`snnkit export --streaming`), which computes the same steps")
+                          "or its streaming graph (`snnkit export --form streaming`), which computes the same steps")
     try:
         session = ort.InferenceSession(str(path), options, providers=providers or default_providers())
     except Exception as e:  # truncated, corrupt or not ONNX at all
@@ -199,7 +199,7 @@ def load_onnx(path: str | Path, providers: Optional[list[str]] = None,
                           "re-export it with `snnkit export`")
     if meta is None and form == "streaming":
         raise SnnkitError(f"{path} takes states beside its input but has no snnkit metadata naming them; "
-                          "export it with `snnkit export --streaming`")
+                          "export it with `snnkit export --form streaming`")
     if form == "streaming":
         check_states(path, session, meta)
     runner = RUNNERS.get(form, OnnxModel)
@@ -209,5 +209,5 @@ def load_onnx(path: str | Path, providers: Optional[list[str]] = None,
                           "(export the model with `snnkit export`)")
     if form == "int8" and (inexact := inexact_spike_encodings(graph)):
         raise SnnkitError(f"{path} quantizes the spikes {inexact[0]!r} with a scale that rounds them (snnkit's int8 "
-                          "graphs encode spikes exactly); re-export it with `snnkit export --quantize int8`")
+                          "graphs encode spikes exactly); re-export it with `snnkit export --form int8`")
     return runner(path, session, meta, form, options)

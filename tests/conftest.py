@@ -11,6 +11,18 @@ def _seed():
     torch.set_num_threads(threads)  # a bench's main() sets it; float sums in later tests depend on it
 
 
+@pytest.fixture(autouse=True)
+def _wide_console():
+    """The CLI in-process prints each message on one line, as on a wide terminal, so that tests can
+    look for a sentence; test_terminal_output.py runs it at 80 columns."""
+    from snnkit.cli.common import console
+
+    width = console._width
+    console.width = 1000
+    yield
+    console._width = width
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

@@ -73,8 +73,8 @@ def test_a_killed_bench_continues_every_row_where_it_stopped(tmp_path, monkeypat
     for r, row in zip(report["results"], (bptt, rate_m)):
         results = json.loads((row.run_dir / "results.json").read_text())
         assert r["epochs"] == 2 and len(r["test_acc"]) == len(r["epoch_seconds"]) == 2
-        assert (r["final_acc"], r["best_acc"]) == (results["final_acc"], results["best_acc"]) == \
-            (r["test_acc"][-1], max(r["test_acc"]))
+        assert (r["final_acc"], r["best_acc"]) == (results["test_acc_final"], results["test_acc_best"]) == \
+            (r["test_acc"][-1], r["test_acc"][results["best_epoch"] - 1])  # best.pt: selected on validation
         assert r["peak_rss_bytes"] > 100 * 2 ** 20 and r["cuda_max_allocated_bytes"] is None
     table = (tmp_path / f"accuracy-{group}.md").read_text()
     gap = 100 * (report["results"][1]["final_acc"] - report["results"][0]["final_acc"])

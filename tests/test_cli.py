@@ -26,7 +26,7 @@ def test_flags_become_overrides_on_top_of_set(monkeypatch, tmp_path):
 
     def fake_train(cfg):
         seen["cfg"] = cfg
-        return RunResult(tmp_path, 0.5, 0.6, 1, 1.0)
+        return RunResult(tmp_path, 0.5, 0.6, 1, 1.0, 0.7)
 
     monkeypatch.setattr(snnkit.training, "train", fake_train)
     result = runner.invoke(app, ["train", "--method", "bptt", "--T", "2", "--epochs", "3", "--seed", "7",
@@ -36,7 +36,7 @@ def test_flags_become_overrides_on_top_of_set(monkeypatch, tmp_path):
     assert (cfg.method.name, cfg.method.T, cfg.optim.epochs, cfg.run.seed, cfg.optim.lr, cfg.run.device) == (
         "bptt", 2, 3, 7, 0.02, "cpu")
     assert cfg.method.options == {"layout": "single"}
-    assert "best 60.00%" in result.output
+    assert "best.pt (epoch 1, selected on val acc 70.00%) test accuracy 60.00%" in result.output
 
 
 @pytest.mark.parametrize("args,message", [
@@ -64,8 +64,11 @@ def test_train_writes_a_run_directory(tmp_path):
                                  "detach_reset": True, "surrogate": "sigmoid", "alpha": 4.0}
     assert (tmp_path / "latest").resolve() == run.resolve()
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    assert metrics[0]["epoch"] == 1 and set(metrics[0]) >= {"train_loss", "test_acc", "test_firing_rate",
-                                                              "train_seconds", "lr"}
+    assert metrics[0]["epoch"] == 1 and set(metrics[0]) >= {"train_loss", "val_acc", "test_acc", "test_firing_rate",
+                                                              "train_seconds", "lr", "best_val_acc", "test_acc_best"}
+    assert results["val_split"] == {"fraction": 0.1, "samples": 144, "seed": 0, "of": "the training set"}
+    assert (results["best_val_acc"], results["test_acc_best"], results["test_acc_final"]) == (
+        metrics[0]["val_acc"], metrics[0]["test_acc"], metrics[0]["test_acc"])
     ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
     assert ckpt["config"]["model"]["width"] == 0.25 and ckpt["data"]["name"] == "digits"
     again = runner.invoke(app, ["train", "--epochs", "1", "--name", "one", "--set", f"run.out_dir={tmp_path}"])

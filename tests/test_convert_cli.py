@@ -122,7 +122,7 @@ GUARD = ("names the model {name}, code outside snnkit that a checkpoint must not
          "naming it yourself: --model {name}")
 
 
-@pytest.mark.parametrize("command", [["export"], ["eval"], ["export", "--streaming"]])
+@pytest.mark.parametrize("command", [["export"], ["eval"], ["export", "--form", "streaming"]])
 def test_a_checkpoint_never_imports_code_unless_named(command, tmp_path, data):
     name = user("sj_avgpool_net")
     run = checkpoint_naming(tmp_path, name, data)
@@ -150,7 +150,7 @@ def test_the_zoo_needs_no_model_option(tmp_path, data):
     assert isinstance(snnkit.load(run), snnkit.spiking.SpikingNet)
 
 
-EVERY_ONNX_FORM = [[], ["--streaming"], ["--quantize", "int8"]]
+EVERY_ONNX_FORM = [[], ["--form", "streaming"], ["--form", "int8"]]
 
 
 @pytest.mark.slow
@@ -158,8 +158,8 @@ EVERY_ONNX_FORM = [[], ["--streaming"], ["--quantize", "int8"]]
     ("spiking_resnet18", {}, 16, EVERY_ONNX_FORM),
     ("sew_resnet18", {}, 16, EVERY_ONNX_FORM),
     ("plif_net", {"net": "CIFAR10Net"}, 32, EVERY_ONNX_FORM),
-    ("snntorch_convnet", {}, 16, [*EVERY_ONNX_FORM, ["--format", "nir"]]),
-    ("sj_avgpool_net", {}, 16, [*EVERY_ONNX_FORM, ["--format", "nir"]]),
+    ("snntorch_convnet", {}, 16, [*EVERY_ONNX_FORM, ["--form", "nir"]]),
+    ("sj_avgpool_net", {}, 16, [*EVERY_ONNX_FORM, ["--form", "nir"]]),
 ])
 def test_train_export_every_form_and_eval_pass(function, kwargs, side, forms, tmp_path):
     """Every ONNX form for each family; NIR where it applies (no max pooling: the avg-pool nets, of

@@ -63,8 +63,9 @@ def test_an_altered_onnx_weight_fails_parity_and_names_where_it_starts(exported)
     weight.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(weight) * 1.5 + 0.05, weight.name))
     onnx.save(model, exported)
     result = invoke("eval", "--onnx", str(exported), "--report-dir", "report")
-    assert result.exit_code == 1, result.output
-    assert "ONNX parity at T = 4: FAIL" in result.output
+    assert result.exit_code == 3, result.output  # a failed verdict, not an error (2) or a crash (1)
+    assert result.output.strip().splitlines()[-1] == "unrolled graph, ONNX parity at T = 4: FAIL, " \
+        f"{json.loads(Path('report/efficiency.json').read_text())['parity']['verdict']['unexplained']:,} spikes unexplained"
     first = json.loads(Path("report/efficiency.json").read_text())["parity"]["verdict"]["first_unexplained"]
     assert (first["what"], first["layer"], first["step"]) == ("membrane", "1.2", 0)
     assert first["difference"] > 1e3 * first["bound"]
@@ -100,7 +101,7 @@ def test_a_graph_that_runs_fewer_steps_than_it_claims_fails(run):
     assert invoke("export", "--T", "2").exit_code == 0
     set_metadata(run / "model.onnx", T="4")
     result = invoke("eval", "--onnx", str(run / "model.onnx"), "--report-dir", "report")
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 3, result.output
     first = json.loads(Path("report/efficiency.json").read_text())["parity"]["verdict"]["first_unexplained"]
     assert (first["what"], first["layer"], first["difference"], first["bound"]) == ("steps", "0.2", 2, 4)
 
@@ -116,7 +117,7 @@ def test_a_graph_with_another_decay_than_it_records_fails(run):
     set_metadata(run / "model.onnx", neuron=json.dumps(ckpt["model"]["neuron"]),
                  checkpoint=json.dumps({"file": "checkpoint.pt", "sha256": sha}))
     result = invoke("eval", "--onnx", str(run / "model.onnx"), "--report-dir", "report")
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 3, result.output
     first = json.loads(Path("report/efficiency.json").read_text())["parity"]["verdict"]["first_unexplained"]
     assert (first["what"], first["layer"], first["step"]) == ("membrane", "0.2", 1)  # step 0 has no decay
 
@@ -151,7 +152,7 @@ BAD_INPUTS = {
     "truncated onnx": (lambda run: ["eval", "--onnx", str(truncate(run / "model.onnx"))],
                        "is not a readable ONNX model"),
     "onnx from elsewhere": (lambda run: ["eval", "--onnx", str(strip_metadata(run / "model.onnx"))],
-                            "has no snnkit metadata; pass --checkpoint"),
+                            "has no snnkit metadata; give the checkpoint it was exported from"),
     "dataset of another shape": (lambda run: ["eval", str(other_dataset(run))],
                                  "dataset 'rgb8_for_tests' gives samples of shape (3, 8, 8) with 10 classes "
                                  "but the model expects (1, 8, 8) with 10"),
@@ -159,13 +160,13 @@ BAD_INPUTS = {
     "checkpoint changed since export": (
         lambda run: (torch.save({**torch.load(run / "checkpoint.pt", weights_only=True), "T": 8}, run / "checkpoint.pt"),
                      ["eval", "--onnx", str(run / "model.onnx")])[1],
-        "model.onnx was exported from (its SHA-256 differs); pass that checkpoint with --checkpoint"),
+        "model.onnx was exported from (its SHA-256 differs); give that checkpoint"),
     "graph whose checkpoint is nowhere": (
         lambda run: (shutil.move(run / "model.onnx", "moved.onnx"), shutil.rmtree(run.parent),
                      ["eval", "--onnx", "moved.onnx"])[2],
         "moved.onnx was exported from checkpoint.pt (SHA-256 "),
     "zero steps": (lambda run: ["export", "--T", "0"], "--T 0 is not a number of time steps snnkit exports; give 1 to"),
-    "more steps than any graph runs": (lambda run: ["export", "--streaming", "--T", "100000"],
+    "more steps than any graph runs": (lambda run: ["export", "--form", "streaming", "--T", "100000"],
                                        "--T 100000 is not a number of time steps snnkit exports; give 1 to 4,096"),
 }
 
@@ -226,7 +227,7 @@ def test_the_graph_records_its_checkpoint_relative_to_itself_and_never_absolutel
 
 def test_onnx_from_elsewhere_is_evaluated_against_a_given_checkpoint(exported):
     strip_metadata(exported)
-    result = invoke("eval", "--onnx", str(exported), "--checkpoint", "runs/latest")
+    result = invoke("eval", "--onnx", str(exported), "runs/latest")
     assert result.exit_code == 0, result.output
     assert "ONNX parity at T = 4: PASS" in result.output
 

@@ -89,7 +89,7 @@ def broken_states(states: list[dict]) -> dict[str, object]:
 
 @pytest.mark.parametrize("case", list(broken_states([{}])))
 def test_a_tampered_streaming_graph_is_refused_in_one_line(run, case):
-    assert invoke("export", "--streaming").exit_code == 0
+    assert invoke("export", "--form", "streaming").exit_code == 0
     path = run / "model_streaming.onnx"
     values, message = broken_states(states_of(path))[case]
     result = invoke("eval", "--onnx", tampered(path, **values))
@@ -100,7 +100,7 @@ def test_a_tampered_streaming_graph_is_refused_in_one_line(run, case):
 
 @pytest.fixture
 def streaming(run) -> Path:
-    assert invoke("export", "--streaming").exit_code == 0
+    assert invoke("export", "--form", "streaming").exit_code == 0
     return run / "model_streaming.onnx"
 
 

@@ -123,7 +123,7 @@ def consumer_verdict(consumer: str, run_dir, x: torch.Tensor):
     bound of the threshold, or its input already differed."""
     ckpt = load_checkpoint(run_dir)
     net = model_from_checkpoint(ckpt)
-    path = export_checkpoint(run_dir, form="nir").path
+    path = export_checkpoint(run_dir, form="nir", force=True).path  # once per consumer
     T = ckpt["T"]
     spikes, logits = consumer_run(consumer, path, x, net.layer_names(), T)
     twin = deployable(net, T, "static", probes=True)

@@ -44,12 +44,12 @@ def assert_same_run(a, b):
     sa, sb = ca["train_state"], cb["train_state"]
     for key, momentum in sa["optimizer"]["state"].items():
         assert torch.equal(sb["optimizer"]["state"][key]["momentum_buffer"], momentum["momentum_buffer"])
-    for key in ("epoch", "scheduler", "grad_scaler", "best_acc", "best_epoch"):
+    for key in ("epoch", "scheduler", "grad_scaler", "best_val_acc", "best_epoch", "test_acc_best"):
         assert sa[key] == sb[key], key
     assert metrics(a) == metrics(b)
     results = [json.loads((run / "results.json").read_text()) for run in (a, b)]
-    assert [{k: r[k] for k in ("final_acc", "best_acc", "best_epoch")} for r in results] == \
-        [{k: results[0][k] for k in ("final_acc", "best_acc", "best_epoch")}] * 2
+    assert [{k: r[k] for k in ("test_acc_final", "test_acc_best", "best_val_acc", "best_epoch")} for r in results] == \
+        [{k: results[0][k] for k in ("test_acc_final", "test_acc_best", "best_val_acc", "best_epoch")}] * 2
 
 
 @pytest.mark.parametrize("extra", [["method.name=rate_m"], ["method.name=bptt", "run.amp=fp16"]],

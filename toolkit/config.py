@@ -18,11 +18,12 @@ import yaml
 
 from .digest import config_hash
 from .errors import ConfigError
+from .layout import DEFAULT_OUT_DIR, LATEST_NAME
 from .neuron import NeuronParams
 
 DEFAULT_RECIPE = "digits"
 AMP_CHOICES = ("none", "bf16", "fp16")
-RESERVED_NAMES = ("latest",)  # <out_dir>/latest is the link to the newest run
+RESERVED_NAMES = (LATEST_NAME,)  # <out_dir>/latest is the link to the newest run
 
 
 def require(ok: bool, key: str, rule: str, value: Any) -> None:
@@ -36,9 +37,11 @@ class DataConfig:
     root: Optional[str] = None  # where the dataset's files are; not used by embedded datasets
     batch_size: int = 64
     workers: int = 0
+    val_fraction: float = 0.1  # of the training set, held out for model selection (best.pt)
 
     def __post_init__(self):
         require(self.batch_size >= 1, "data.batch_size", "at least 1", self.batch_size)
+        require(0 < self.val_fraction < 1, "data.val_fraction", "between 0 and 1 (0.1 is 10 %)", self.val_fraction)
         require(self.workers >= 0, "data.workers", "0 or more", self.workers)
 
 
@@ -81,7 +84,7 @@ class OptimConfig:
 @dataclass(frozen=True)
 class RunConfig:
     name: Optional[str] = None  # run directory name; default <recipe>-<method>-<time>
-    out_dir: str = "runs"
+    out_dir: str = DEFAULT_OUT_DIR
     seed: int = 0
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N; under torchrun cuda:LOCAL_RANK
     amp: str = "none"  # autocast the model in bf16 or fp16 (with a gradient scaler); none: fp32

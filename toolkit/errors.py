@@ -18,6 +18,16 @@ def one_line(cause: BaseException) -> str:
     return " ".join(str(cause).split())
 
 
+OUT_OF_MEMORY = ("can't allocate memory", "out of memory", "failed to allocate memory", "bad_alloc")
+
+
+def out_of_memory(e: BaseException) -> bool:
+    """``MemoryError`` (numpy's too), torch's ``OutOfMemoryError`` and allocator messages (CPU
+    ``DefaultCPUAllocator``, CUDA), and onnxruntime's allocation failures."""
+    return (isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError"
+            or any(m in str(e).lower() for m in OUT_OF_MEMORY))
+
+
 class ConfigError(SnnkitError, ValueError):
     pass
 

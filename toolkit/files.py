@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import os
 import secrets
+from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO, Callable, Optional
+from typing import BinaryIO, Callable, Iterator, Optional
 
 from .errors import WriteError
 
@@ -42,9 +43,12 @@ def _temporary(path: Path) -> tuple[int, Path]:
             continue
 
 
-def _cannot_write(path: Path, e: OSError) -> WriteError:
-    return WriteError(f"cannot write {path} ({e.strerror or e}); free space or choose a writable "
-                      f"location and try again (the previous file, if any, is unchanged)")
+def _cannot_write(path: Path, e: OSError | str) -> WriteError:
+    reason = e if isinstance(e, str) else e.strerror or str(e)
+    error = WriteError(f"cannot write {path} ({reason}); free space or choose a writable "
+                       f"location and try again (the previous file, if any, is unchanged)")
+    error.path, error.reason = path, reason
+    return error
 
 
 def atomic_write_with(path: str | Path, write: Callable[[BinaryIO], object]) -> Path:
@@ -87,3 +91,26 @@ def append_line(path: str | Path, line: str) -> Path:
     path = Path(path)
     old = path.read_text() if path.exists() else ""
     return atomic_write_text(path, f"{old}{line}\n")
+
+
+@contextmanager
+def staged(path: str | Path) -> Iterator[Path]:
+    """A temporary name beside ``path`` for a file that is written (atomically) and checked there,
+    renamed over ``path`` when the block succeeds and removed when it fails."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        yield tmp
+    except WriteError as e:  # said of the staged name: say it of ``path``
+        tmp.unlink(missing_ok=True)
+        if getattr(e, "path", None) != tmp:
+            raise
+        raise _cannot_write(path, e.reason) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise _cannot_write(path, e) from None

@@ -1,7 +1,9 @@
 """Datasets, each a registered loader returning a :class:`DataBundle`; and the input encoding.
 
-Tensors inside the toolkit are time-major: :func:`encode` turns a batch from a loader into
-``[T, B, ...]``. Static images are fed unchanged at every step (direct encoding); event data
+Training holds out a validation split of the training set for model selection
+(:func:`validation_split`: ``data.val_fraction`` of it, drawn with ``run.seed``); the test split is
+only ever reported. Tensors inside the toolkit are time-major: :func:`encode` turns a batch from a
+loader into ``[T, B, ...]``. Static images are fed unchanged at every step (direct encoding); event data
 arrives as ``[B, T, ...]`` frames and is fed one frame per step.
 """
 from __future__ import annotations
@@ -10,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 
+from ..errors import DataError
 from ..registry import Registry
 
 KINDS = ("static", "event")
@@ -25,6 +28,7 @@ class DataBundle:
     class_names: list[str]
     kind: str = "static"
     normalization: dict = field(default_factory=dict)  # {"mean": [...], "std": [...]} as applied
+    train_plain: Optional[Dataset] = None  # the training samples without augmentation, when it augments
 
     @property
     def num_classes(self) -> int:
@@ -46,6 +50,20 @@ register_dataset = DATASETS.register
 
 def load_dataset(name: str, root: Optional[str] = None) -> DataBundle:
     return DATASETS.get(name)(root)
+
+
+def validation_split(data: DataBundle, fraction: float, seed: int) -> tuple[Subset, Subset]:
+    """(train, validation): ``round(fraction · N)`` of the N training samples (at least one), drawn
+    by a generator seeded with ``seed`` alone, so the split is a pure function of the seed and the
+    dataset (resume sees the same one). Validation samples come without augmentation."""
+    n = len(data.train)
+    held = max(1, round(fraction * n))
+    if held >= n:
+        raise DataError(f"the training set has {n} samples, too few to hold out {held} for validation; "
+                        "lower data.val_fraction or give more training data")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    plain = data.train_plain if data.train_plain is not None else data.train
+    return Subset(data.train, order[held:]), Subset(plain, sorted(order[:held]))
 
 
 def encode(x: torch.Tensor, T: int, kind: str) -> torch.Tensor:

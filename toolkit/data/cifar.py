@@ -109,13 +109,14 @@ def load_cifar(v: Variant, root: Optional[str]) -> DataBundle:
             raise DataError(f"{v.name}: {folder / v.meta_file} lists {len(names)} classes, not {v.num_classes}")
         (train_x, train_y), (test_x, test_y) = (read_batches(folder, f, v) for f in (v.train_files, v.test_files))
         train, test = ImageTensors(train_x, train_y, transforms[0]), ImageTensors(test_x, test_y, transforms[1])
+        plain = ImageTensors(train_x, train_y, transforms[1])
     elif (path / "train").is_dir() and (path / "test").is_dir():
         train, test = split_folders(v.name, path, ("train", "test"), transforms, v.expected(), v.num_classes)
-        names = train.classes
+        plain, names = None, train.classes
     else:
         raise DataError(f"{v.name}: {path} holds neither layout; expected {v.expected()}")
     return DataBundle(train=train, test=test, input_shape=(3, 32, 32), class_names=list(names),
-                      normalization={"scale": 1 / 255, "mean": list(v.mean), "std": list(v.std)})
+                      normalization={"scale": 1 / 255, "mean": list(v.mean), "std": list(v.std)}, train_plain=plain)
 
 
 @register_dataset("cifar10")

@@ -95,4 +95,5 @@ def cifar10_dvs(root: Optional[str] = None) -> DataBundle:
                         f"expected one per class: {', '.join(CLASSES)}")
     train_idx, test_idx = split_per_class(train_folder.targets)
     return DataBundle(train=Subset(train_folder, train_idx), test=Subset(test_folder, test_idx),
-                      input_shape=(2, SIZE, SIZE), class_names=list(train_folder.classes), kind="event")
+                      input_shape=(2, SIZE, SIZE), class_names=list(train_folder.classes), kind="event",
+                      train_plain=Subset(test_folder, train_idx))

@@ -23,21 +23,21 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 
 def curves_png(metrics: list[dict], title: str) -> bytes:
-    """Three panels side by side, train and test per panel; each epoch is a marked point."""
+    """Three panels side by side, train, val and test per panel; each epoch is a marked point."""
     fig = Figure(figsize=(12, 3.6))  # fixed margins: a constrained layout would double the drawing time
     FigureCanvasAgg(fig)
     epochs = [m["epoch"] for m in metrics]
     for ax, (key, label, scale) in zip(fig.subplots(1, 3), PANELS):
-        for split, style in (("train", "-o"), ("test", "--s")):
+        for split, style in (("train", "-o"), ("val", ":^"), ("test", "--s")):
             ax.plot(epochs, [scale * m[f"{split}_{key}"] for m in metrics], style, markersize=3, label=split)
         ax.set(xlabel="epoch", ylabel=label)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="center right")
     last = metrics[-1]
     fig.subplots_adjust(left=0.06, right=0.99, bottom=0.14, top=0.89, wspace=0.25)
-    fig.suptitle(f"{title}, epoch {last['epoch']}: test acc {100 * last['test_acc']:.2f}% "
-                 f"(best {100 * last['best_acc']:.2f}% at epoch {last['best_epoch']})")
+    fig.suptitle(f"{title}, epoch {last['epoch']}: test acc {100 * last['test_acc']:.2f}%; selected on val: "
+                 f"epoch {last['best_epoch']}, test acc {100 * last['test_acc_best']:.2f}%")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     return buf.getvalue()

@@ -41,15 +41,16 @@ class Meter:
 
 
 class EpochProgress:
-    """A rich progress bar over batches showing loss, accuracy, firing rate and iterations/s.
-    Disabled (silently) off rank 0."""
+    """One rich progress bar over the batches of the current epoch, showing the training loss,
+    accuracy, firing rate and iterations/s; each epoch restarts it. Disabled (silently) off rank 0."""
 
     def __init__(self, enabled: bool = True, console: Console | None = None):
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.2%}  "
-                       "fr {task.fields[firing_rate]:.3f}  {task.fields[it_per_s]:.1f} it/s"),
-            TimeRemainingColumn(), console=console, disable=not enabled, transient=False)
+            TextColumn("train loss {task.fields[loss]:.4f} acc {task.fields[acc]:.2%} "
+                       "fr {task.fields[firing_rate]:.3f} {task.fields[it_per_s]:.1f} it/s"),
+            TimeRemainingColumn(), console=console, disable=not enabled, transient=True)
+        self.task = None
 
     @contextmanager
     def running(self) -> Iterator["EpochProgress"]:
@@ -57,8 +58,11 @@ class EpochProgress:
             yield self
 
     def track(self, loader: Iterable, meter: Meter, description: str) -> Iterator:
-        task = self.progress.add_task(description, total=len(loader), loss=0.0, acc=0.0,
-                                      firing_rate=0.0, it_per_s=0.0)
+        fields = dict(total=len(loader), description=description, loss=0.0, acc=0.0, firing_rate=0.0, it_per_s=0.0)
+        if self.task is None:
+            self.task = self.progress.add_task(**fields)
+        else:
+            self.progress.reset(self.task, **fields)
         for batch in loader:
             yield batch
-            self.progress.update(task, advance=1, **meter.summary())
+            self.progress.update(self.task, advance=1, **meter.summary())

@@ -25,12 +25,10 @@ from pathlib import Path
 from typing import Optional
 
 from ..checkpoint import CHECKPOINT_NAME, LOCK_NAME, is_run_folder
+from ..layout import latest_run
 from ..errors import ConfigError, SnnkitError, WriteError
 
 log = logging.getLogger("snnkit.train")
-
-LATEST = "latest"
-
 
 @dataclass
 class RunDir:
@@ -71,14 +69,14 @@ class RunDir:
 
 def point_latest(run_dir: Path) -> None:
     """``<out_dir>/latest`` -> ``run_dir``, replaced atomically (a relative link)."""
-    tmp = run_dir.parent / f".{LATEST}.{secrets.token_hex(4)}.tmp"
+    latest = latest_run(run_dir.parent)
+    tmp = latest.with_name(f".{latest.name}.{secrets.token_hex(4)}.tmp")
     try:
         tmp.symlink_to(run_dir.name)
-        os.replace(tmp, run_dir.parent / LATEST)
+        os.replace(tmp, latest)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise WriteError(f"cannot point {run_dir.parent / LATEST} at {run_dir} ({e.strerror}); the run itself "
-                         "is complete") from None
+        raise WriteError(f"cannot point {latest} at {run_dir} ({e.strerror}); the run itself is complete") from None
 
 
 def lock(path: Path) -> Optional[int]:

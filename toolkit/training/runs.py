@@ -9,13 +9,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Optional
 
-import torch
 import yaml
 
 from ..checkpoint import CHECKPOINT_NAME, CONFIG_NAME, load_checkpoint
 from ..config import Config, config_from_dict, dump_yaml
 from ..data import DataBundle
-from ..errors import CheckpointError, ConfigError, DivergedError, SnnkitError
+from ..errors import CheckpointError, ConfigError, DivergedError, SnnkitError, out_of_memory
 from ..files import atomic_write_text
 from ..models import require_named
 from .distributed import process_group
@@ -28,10 +27,6 @@ log = logging.getLogger("snnkit.train")
 
 def default_name(cfg: Config) -> str:
     return f"{cfg.recipe}-{cfg.method.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def out_of_memory(e: BaseException) -> bool:
-    return isinstance(e, (torch.OutOfMemoryError, MemoryError)) or "can't allocate memory" in str(e)
 
 
 @contextmanager
@@ -94,7 +89,8 @@ def finished_result(run_dir: Path, ckpt: dict, cfg: Config) -> Optional[RunResul
         return None
     try:
         r = json.loads((run_dir / "results.json").read_text())
-        return RunResult(run_dir, r["final_acc"], r["best_acc"], r["best_epoch"], r["seconds"], True)
+        return RunResult(run_dir, r["test_acc_final"], r["test_acc_best"], r["best_epoch"], r["seconds"],
+                         r["best_val_acc"], already_finished=True)
     except (OSError, ValueError, KeyError, TypeError):
         return None  # stopped before writing results.json: resuming writes it
 

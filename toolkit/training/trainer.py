@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from ..checkpoint import CHECKPOINT_NAME, atomic_save, make_checkpoint, nonfinite
 from ..config import Config
-from ..data import DataBundle, encode, load_dataset
+from ..data import DataBundle, encode, load_dataset, validation_split
 from ..errors import CheckpointError, DataError, DivergedError, one_line
 from ..files import append_line, atomic_write_text
 from ..methods import Method, build_method
@@ -36,10 +36,11 @@ log = logging.getLogger("snnkit.train")
 @dataclass(frozen=True)
 class RunResult:
     run_dir: Path
-    final_acc: float
-    best_acc: float
-    best_epoch: int
+    final_acc: float  # test accuracy of the final model
+    best_acc: float  # test accuracy of the model selected on the validation split (best.pt)
+    best_epoch: int  # the epoch of best.pt
     seconds: float
+    best_val_acc: float = float("nan")  # the validation accuracy that selected it
     already_finished: bool = False  # a --resume of a run that had finished: nothing was changed
 
 
@@ -51,7 +52,7 @@ def make_loader(dataset, batch_size: int, workers: int, device, sampler=None) ->
 @torch.no_grad()
 def evaluate(net: SpikingNet, loader: DataLoader, T: int, kind: str, device, world: World = World()) -> dict:
     """Accuracy, loss and firing rate of the plain spiking network (Heaviside, no surrogate), summed
-    over the ranks' shards of the test set."""
+    over the ranks' shards of a held-out set (validation or test)."""
     net.eval()
     n = correct = loss = spikes = 0.0
     for x, y in loader:
@@ -87,6 +88,7 @@ class Trainer:
         configure_backends(cfg.run, self.device)
         self.data = data if data is not None else load_dataset(cfg.data.name, cfg.data.root)
         check_samples(self.data, cfg.data.name, cfg.data.root)
+        self.train_set, self.val_set = validation_split(self.data, cfg.data.val_fraction, cfg.run.seed)
         self.spec = ModelSpec(cfg.model.name, self.data.num_classes, self.data.in_channels,
                               cfg.neuron, cfg.model.width, cfg.model.kwargs)
         torch.manual_seed(cfg.run.seed)
@@ -107,10 +109,10 @@ class Trainer:
         self.run_dir = run_dir
         self.epoch = 0
         self.saved_epoch = 0  # the epoch of the last checkpoint written or restored; 0: none yet
-        self.best_acc, self.best_epoch = 0.0, -1
+        self.best_val_acc, self.best_epoch, self.test_acc_best = -1.0, -1, 0.0  # selected on validation
 
     def run_shape(self) -> RunShape:
-        per_rank = math.ceil(len(self.data.train) / self.world.size)
+        per_rank = math.ceil(len(self.train_set) / self.world.size)
         sizes = {min(self.batch_size, per_rank), per_rank % self.batch_size or self.batch_size}
         return RunShape(tuple(self.data.input_shape), tuple(sorted(sizes)), per_rank * self.cfg.optim.epochs,
                         self.device.type)
@@ -119,10 +121,10 @@ class Trainer:
     def train_epoch(self, progress: EpochProgress) -> dict:
         cfg, T, kind = self.cfg, self.cfg.method.T, self.data.kind
         torch.manual_seed(self.world.seed(cfg.run.seed + self.epoch))  # per-epoch seeding: resume is exact
-        sampler = self.world.sampler(self.data.train, cfg.run.seed)
+        sampler = self.world.sampler(self.train_set, cfg.run.seed)
         sampler.set_epoch(self.epoch)
         # A fresh loader each epoch: its workers are seeded from the epoch's seed, so resume is exact.
-        loader = make_loader(self.data.train, self.batch_size, cfg.data.workers, self.device, sampler)
+        loader = make_loader(self.train_set, self.batch_size, cfg.data.workers, self.device, sampler)
         self.net.train()
         meter = Meter()
         for x, y in progress.track(loader, meter, f"epoch {self.epoch + 1}/{cfg.optim.epochs}"):
@@ -161,18 +163,19 @@ class Trainer:
     def fit(self, progress: EpochProgress) -> RunResult:
         cfg = self.cfg
         start = time.perf_counter()
-        test_loader = make_loader(self.world.shard(self.data.test), self.batch_size, cfg.data.workers,
-                                  self.device)
+        val_loader, test_loader = (make_loader(self.world.shard(d), self.batch_size, cfg.data.workers, self.device)
+                                   for d in (self.val_set, self.data.test))
         with self.precision.applied(self.net):  # the body under autocast, if run.amp asks
-            metrics = self.run_epochs(progress, test_loader)
-        result = RunResult(self.run_dir, metrics["test_acc"], self.best_acc, self.best_epoch,
-                           time.perf_counter() - start)
+            metrics = self.run_epochs(progress, val_loader, test_loader)
+        result = RunResult(self.run_dir, metrics["test_acc"], self.test_acc_best, self.best_epoch,
+                           time.perf_counter() - start, self.best_val_acc)
         if self.world.is_main:
             self.write_results(result)
         return result
 
-    def run_epochs(self, progress: EpochProgress, test_loader: DataLoader) -> dict:
-        """Train and test the epochs left; returns the last epoch's metrics."""
+    def run_epochs(self, progress: EpochProgress, val_loader: DataLoader, test_loader: DataLoader) -> dict:
+        """Train, validate and test the epochs left (the model is selected on validation accuracy
+        alone); returns the last epoch's metrics."""
         cfg = self.cfg
         metrics = {}
         while self.epoch < cfg.optim.epochs:
@@ -180,31 +183,38 @@ class Trainer:
             train = self.train_epoch(progress)
             self.world.broadcast_state(self.net, buffers_only=True)  # BN running statistics
             self.check_finite()
-            test = evaluate(self.net, test_loader, cfg.method.T, self.data.kind, self.device, self.world)
+            val, test = (evaluate(self.net, loader, cfg.method.T, self.data.kind, self.device, self.world)
+                         for loader in (val_loader, test_loader))
             self.scheduler.step()
             self.epoch += 1
-            if test["acc"] > self.best_acc:
-                self.best_acc, self.best_epoch = test["acc"], self.epoch
+            if val["acc"] > self.best_val_acc:
+                self.best_val_acc, self.best_epoch, self.test_acc_best = val["acc"], self.epoch, test["acc"]
             metrics = {"epoch": self.epoch, "lr": lr, **{f"train_{k}": v for k, v in train.items()},
-                       **{f"test_{k}": v for k, v in test.items()},
-                       "best_acc": self.best_acc, "best_epoch": self.best_epoch}
+                       **{f"val_{k}": v for k, v in val.items()}, **{f"test_{k}": v for k, v in test.items()},
+                       "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch,
+                       "test_acc_best": self.test_acc_best}
             if self.world.is_main:
                 self.save(metrics)
             self.saved_epoch = self.epoch
             if self.world.is_main:
                 write_curves(self.run_dir, self.cfg)  # drawn from metrics.jsonl once the epoch is committed
-            log.info("epoch %d/%d  train loss %.4f acc %.2f%%  test acc %.2f%% (best %.2f%%)  "
-                     "fr %.3f  %.1fs", self.epoch, cfg.optim.epochs, train["loss"], 100 * train["acc"],
-                     100 * test["acc"], 100 * self.best_acc, test["firing_rate"], train["seconds"])
+            log.info("epoch %d/%d: train loss %.4f, train acc %.2f%%, train fr %.3f; val acc %.2f%% (best %.2f%%, "
+                     "epoch %d); test acc %.2f%%; %.1fs", self.epoch, cfg.optim.epochs, train["loss"],
+                     100 * train["acc"], train["firing_rate"], 100 * val["acc"], 100 * self.best_val_acc,
+                     self.best_epoch, 100 * test["acc"], train["seconds"])
         if not metrics:  # no epoch left: resumed after the last checkpoint but before results.json
             metrics = {"test_acc": evaluate(self.net, test_loader, cfg.method.T, self.data.kind, self.device,
                                             self.world)["acc"]}
         return metrics
 
     def write_results(self, result: RunResult) -> None:
-        """results.json: final and best accuracy beside the conventions needed to compare them."""
+        """results.json: the test accuracy of the final model and of the one selected on the
+        validation split (best.pt), beside the conventions needed to compare them."""
         cfg = self.cfg
-        summary = {"final_acc": result.final_acc, "best_acc": result.best_acc, "best_epoch": result.best_epoch,
+        summary = {"test_acc_final": result.final_acc, "test_acc_best": result.best_acc,
+                   "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch,
+                   "val_split": {"fraction": cfg.data.val_fraction, "samples": len(self.val_set),
+                                 "seed": cfg.run.seed, "of": "the training set"},
                    "seconds": result.seconds, "epochs": cfg.optim.epochs, "dataset": cfg.data.name,
                    "model": cfg.model.name, "method": cfg.method.name, "T": cfg.method.T,
                    "method_options": cfg.method.options, "neuron": cfg.neuron.as_dict(),
@@ -218,7 +228,8 @@ class Trainer:
             self.cfg.to_dict(),
             {"epoch": self.epoch, "optimizer": self.optimizer.state_dict(),
              "scheduler": self.scheduler.state_dict(), "grad_scaler": self.precision.state_dict(),
-             "best_acc": self.best_acc, "best_epoch": self.best_epoch, "method_plan": self.method_plan})
+             "best_val_acc": self.best_val_acc, "best_epoch": self.best_epoch, "test_acc_best": self.test_acc_best,
+             "method_plan": self.method_plan})
 
     def save(self, metrics: dict) -> None:
         """Metrics line, best.pt, then checkpoint.pt last: the checkpoint commits the epoch, and a
@@ -241,7 +252,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.precision.load_state_dict(state.get("grad_scaler", {}))
-            self.epoch, self.best_acc, self.best_epoch = state["epoch"], state["best_acc"], state["best_epoch"]
+            self.epoch, self.best_val_acc, self.best_epoch = state["epoch"], state["best_val_acc"], state["best_epoch"]
+            self.test_acc_best = state["test_acc_best"]
             self.method_plan = state.get("method_plan", self.method_plan)  # older checkpoints: a fresh one
             self.method.adopt(self.method_plan)
         except (KeyError, ValueError, RuntimeError) as e:

@@ -1,0 +1,4 @@
+"""``python -m snnkit``: the ``snnkit`` command line."""
+from snnkit.cli.main import main
+
+main()
