@@ -130,3 +130,14 @@ def test_the_compile_decision_is_recorded_and_resume_follows_it(tmp_path, data):
     assert trainer.method.recorder.compile == "off"
     trainer.restore(ckpt)
     assert trainer.method_plan == {"compile": "on"} and trainer.method.recorder.compile == "on"
+
+
+def test_a_run_from_before_the_validation_split_is_refused_in_one_sentence(tmp_path, data):
+    """Its training set included what is now the validation split: resuming would change the data mid-run."""
+    run = train(config(tmp_path, "old", "optim.epochs=1"), data=data, progress=QUIET).run_dir
+    ckpt = load_checkpoint(run)
+    for key in ("best_val_acc", "test_acc_best"):
+        del ckpt["train_state"][key]
+    trainer = Trainer(config(tmp_path, "old", "optim.epochs=2"), run, data=data)
+    with pytest.raises(snnkit.checkpoint.CheckpointError, match="trained before snnkit held out a validation split"):
+        trainer.restore(ckpt)

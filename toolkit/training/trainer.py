@@ -247,6 +247,10 @@ class Trainer:
         """Continue from ``ckpt``: every rank loads the same state; metrics lines of epochs after
         the checkpoint (a run stopped between writing them and the checkpoint) are dropped."""
         state = ckpt["train_state"]
+        if isinstance(state, dict) and "epoch" in state and "best_val_acc" not in state:
+            raise CheckpointError("this run was trained before snnkit held out a validation split, on a training set "
+                                  "this version no longer uses, so it cannot be resumed; retrain it (export and eval "
+                                  "still take its checkpoint)")
         try:
             self.net.load_state_dict(ckpt["state_dict"])
             self.optimizer.load_state_dict(state["optimizer"])
