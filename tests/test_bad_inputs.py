@@ -570,18 +570,18 @@ DEPLOY = {
     "eval batch size 0": (lambda p: ["eval", "--batch-size", "0"], "--batch-size must be at least 1, got 0"),
     "foreign graph, other input": (
         lambda p: ["eval", "--onnx", foreign_graph(p.with_name("f.onnx"), [3], 10), p.parent],
-        "does not expose per-step membranes and spikes for the layers of this checkpoint"),
+        "does not expose per-step membranes and spikes for layer '0.2' of this checkpoint"),
     "foreign graph, other classes": (
         lambda p: ["eval", "--onnx", foreign_graph(p.with_name("f.onnx"), [1, 8, 8], 5), p.parent],
-        "does not expose per-step membranes and spikes for the layers of this checkpoint"),
+        "does not expose per-step membranes and spikes for layer '0.2' of this checkpoint"),
     "metadata not JSON": (
         lambda p: ["eval", "--onnx", foreign_graph(p.with_name("f.onnx"), [1, 8, 8], 10,
                                                    {"snnkit_version": "0.1", "T": "four"})],
         "has snnkit metadata whose values are not JSON"),
-    "metadata without the checkpoint": (
+    "snnkit metadata lacking what eval reads": (
         lambda p: ["eval", "--onnx", foreign_graph(p.with_name("f.onnx"), [1, 8, 8], 10,
                                                    {"snnkit_version": '"0.1.0"', "T": "4"})],
-        "has snnkit metadata that names no checkpoint; give the checkpoint"),
+        "is an snnkit unrolled graph whose metadata lacks 'input_kind'; re-export it"),
 }
 
 

@@ -47,6 +47,7 @@ UNROLLED = {  # what is written over a good unrolled graph's metadata -> the wor
     "a checkpoint path with folders": (
         {"checkpoint": {"file": "../../etc/passwd", "sha256": "0" * 64}},
         "'checkpoint' is {\"file\": \"../../etc/passwd\", \"sha256\"..., not an object whose 'file' is a file name"),
+    "no checkpoint named": ({"checkpoint": None}, "has snnkit metadata that names no checkpoint; give the checkpoint"),
     "a checkpoint digest that is not one": ({"checkpoint": {"file": "checkpoint.pt", "sha256": "abc"}},
                                             "not an object whose 'sha256' is a SHA-256 in hex"),
     "computed once: a module the model lacks": (
