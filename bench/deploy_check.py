@@ -30,7 +30,7 @@ from rich.table import Table
 from snnkit.deploy.costs import topology
 from snnkit.deploy.efficiency import efficiency_report
 from snnkit.deploy.evaluate import check_graph
-from snnkit.deploy.export import simplified, trace
+from snnkit.deploy.writer import simplified, trace
 from snnkit.deploy.graph import deployable
 from snnkit.deploy.runtime import OUTPUTS, load_onnx
 from snnkit.files import atomic_write

@@ -18,19 +18,19 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from snnkit.checkpoint import load_checkpoint, model_from_checkpoint, resolve_checkpoint_path
+from snnkit.checkpoint import resolve_checkpoint_path
+from snnkit.data import encode
+from snnkit.errors import SnnkitError
 from snnkit.layout import DEFAULT_OUT_DIR, latest_run
-from snnkit.data import DataBundle, encode, load_dataset
-from snnkit.errors import DataError, SnnkitError
 from snnkit.spiking import Mode, SpikingNet
 
 from . import MAX_ACCURACY_DROP
-from .costs import Tally, Topology, topology
+from .costs import Tally, Topology
 from .efficiency import efficiency_report
-from .export import file_sha256
 from .graph import PROBE, TimeUnrolled, deployable
 from .parity import Observed, Verdict, nonfinite_weights, verify
 from .runtime import OnnxModel, load_onnx
+from .source import Source, checked_dataset, file_sha256
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 RUNS = Path(DEFAULT_OUT_DIR)  # where eval looks for a graph's checkpoint by its SHA-256
@@ -182,18 +182,6 @@ def check_graph(model: OnnxModel, twin: TimeUnrolled, batches: Batches, neurons:
     return Checked(predictions(ref_out), predictions(got_out), verdict, tally)
 
 
-def checked_dataset(ckpt: dict, root: Optional[str]) -> DataBundle:
-    """The dataset the checkpoint was trained on, checked against the model."""
-    data = ckpt["data"]
-    bundle = load_dataset(data["name"], root)
-    expected = tuple(data["input_shape"])
-    if tuple(bundle.input_shape) != expected or bundle.num_classes != len(data["class_names"]):
-        raise DataError(f"dataset {data['name']!r} gives samples of shape {tuple(bundle.input_shape)} with "
-                        f"{bundle.num_classes} classes but the model expects {expected} with "
-                        f"{len(data['class_names'])}; point --data-root at the data it was trained on")
-    return bundle
-
-
 def evaluation_batches(ckpt: dict, root: Optional[str], batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """The test split of the dataset the checkpoint was trained on."""
     return list(DataLoader(checked_dataset(ckpt, root).test, batch_size=batch_size, shuffle=False))
@@ -273,11 +261,9 @@ def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path]
     model = model or (load_onnx(onnx) if onnx is not None else None)
     ckpt_path = (checkpoint_for(model, checkpoint) if model is not None
                  else resolve_checkpoint_path(checkpoint or latest_run()))
-    ckpt = load_checkpoint(ckpt_path)
-    net = model_from_checkpoint(ckpt).to(torch.float32)
-    kind, input_shape = ckpt["data"]["kind"], tuple(ckpt["data"]["input_shape"])
-    topo = topology(net, input_shape)
-    T = graph_steps(model, net, topo.layer_names) if model is not None else int(ckpt["T"])
+    src = Source.load(ckpt_path)
+    ckpt, net, kind, topo = src.ckpt, src.net, src.kind, src.topo
+    T = graph_steps(model, net, topo.layer_names) if model is not None else src.T
     batches = evaluation_batches(ckpt, data_root, batch_size)
     twin = deployable(net, T, kind, probes=True)  # the graph's PyTorch twin: same folded weights
     describe = dict(model=ckpt["model"]["name"], dataset=ckpt["data"]["name"])

@@ -36,8 +36,9 @@ from snnkit.errors import SnnkitError
 from snnkit.files import atomic_write
 from snnkit.spiking import LIF, SingleStep, neuron_mode
 
-from .export import ExportResult, Source
 from .graph import one_step
+from .source import Source
+from .writer import ExportResult
 
 DT = 1e-4  # seconds per step: the time step snnTorch's NIR importer assumes
 PASS_THROUGH = (nn.Identity, nn.Dropout)
@@ -140,7 +141,7 @@ def nir_graph(gm: fx.GraphModule, input_shape: tuple[int, ...], metadata: dict):
 
 
 def export_nir(src: Source, out: Path, opset: Optional[int] = None, data_root: Optional[str] = None) -> ExportResult:
-    meta = {**src.metadata("nir", None, (), out), "exporter": f"snnkit's NIR writer, nir {nir.version}", "dt": DT,
+    meta = {**src.metadata("nir", None, (), out, f"snnkit's NIR writer, nir {nir.version}"), "dt": DT,
             "neuron_mapping": "tau = dt / (1 - decay), r = tau / dt, v_leak = 0 (forward Euler with step dt); "
                               "decay 1 is an IF node with r = 1 / dt",
             "readout": "the output node is the classifier's value at each step; the logits are its mean "

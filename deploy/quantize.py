@@ -1,7 +1,7 @@
 """``snnkit export --form int8``: the unrolled graph with 8-bit convolutions and linear layers.
 
 onnxruntime's static quantization (QDQ format) on the simplified float32 graph (the unrolled form,
-traced and simplified as :mod:`snnkit.deploy.export` does it, probes kept): weights int8 per
+traced and simplified as :mod:`snnkit.deploy.writer` does it, probes kept): weights int8 per
 output channel, biases int32, the inputs and outputs of every Conv/Gemm uint8, calibrated (min-max)
 on samples of the run's own training split. Everything else (the LIF membrane, the threshold, the
 spike counts, the averaging of logits) stays float32, and so do up to :data:`MAX_FLOAT_LAYERS`
@@ -36,8 +36,8 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
 from snnkit.data import encode
 
 from . import MAX_ACCURACY_DROP
-from .evaluate import checked_dataset
-from .export import EXPORTER, ExportResult, Source, save_onnx, unrolled_graph
+from .source import Source, checked_dataset
+from .writer import EXPORTER, ExportResult, save_onnx, unrolled_graph
 from .runtime import load_onnx
 from .structure import QUANTIZED_OPS, quantized_nodes, spike_grids
 
@@ -181,8 +181,8 @@ def export_int8(src: Source, out: Path, opset: int, data_root: Optional[str] = N
         int8, exact, fallback = with_fallback(model, calibration, held_out, Path(tmp), CALIBRATION_METHOD,
                                               MAX_ACCURACY_DROP, MAX_FLOAT_LAYERS)
     float_bytes = len(model.SerializeToString())
-    meta = {**src.metadata("int8", opset, twin.computed_once, out),
-            "exporter": f"{EXPORTER}, then onnxruntime.quantization.quantize_static (QDQ)",
+    meta = {**src.metadata("int8", opset, twin.computed_once, out,
+                           f"{EXPORTER}, then onnxruntime.quantization.quantize_static (QDQ)"),
             "quantization": {"weights": "int8 per output channel",
                              "activations": f"uint8, {CALIBRATION_METHOD} calibrated",
                              "ops": list(QUANTIZED_OPS), "calibration_samples": calibration.samples,

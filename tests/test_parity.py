@@ -19,7 +19,8 @@ from deploy_helpers import DEFAULT_SHAPE, SHAPES, exact_input, model_and_checkpo
 from snnkit.checkpoint import atomic_save
 from snnkit.deploy.costs import topology
 from snnkit.deploy.evaluate import check_graph, evaluate
-from snnkit.deploy.export import check_forward, export_checkpoint
+from snnkit.deploy.export import export_checkpoint
+from snnkit.deploy.writer import check_forward
 from snnkit.deploy.graph import TimeUnrolled, deployable
 from snnkit.deploy.parity import MODULES, PROBABLE, Bound, gamma, sum_error, verify
 from snnkit.deploy.runtime import load_onnx

@@ -17,7 +17,9 @@ from snnkit.checkpoint import atomic_save
 from snnkit.data import DATASETS, DataBundle, register_dataset
 from snnkit.deploy.costs import ANALOG
 from snnkit.deploy.evaluate import evaluate
-from snnkit.deploy.export import Source, export_checkpoint, unrolled_graph
+from snnkit.deploy.export import export_checkpoint
+from snnkit.deploy.source import Source
+from snnkit.deploy.writer import unrolled_graph
 from snnkit.deploy import quantize
 from snnkit.deploy.quantize import Calibration, exact_overrides, logits, with_fallback
 from snnkit.deploy.metadata import FORM_KEYS, META_KEYS

@@ -12,7 +12,8 @@ from onnx.reference import ReferenceEvaluator
 
 from deploy_helpers import exact_input, model_and_checkpoint
 from snnkit.checkpoint import atomic_save
-from snnkit.deploy.export import Source, export_checkpoint
+from snnkit.deploy.export import export_checkpoint
+from snnkit.deploy.source import Source
 from snnkit.deploy.parity import verify
 from snnkit.deploy.quantize import INT8_OPSET
 from snnkit.deploy.runtime import load_onnx, with_probes

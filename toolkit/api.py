@@ -91,7 +91,7 @@ def load(run: str | Path, model: Optional[str] = None) -> SpikingNet:
 def export(run: str | Path, form: str = "unrolled", out: Optional[str | Path] = None, T: Optional[int] = None,
            opset: Optional[int] = None, model: Optional[str] = None, data_root: Optional[str] = None):
     """Export the checkpoint in ``run`` as ``form`` (default file beside it) and check the written
-    file; returns its :class:`~snnkit.deploy.export.ExportResult`."""
+    file; returns its :class:`~snnkit.deploy.writer.ExportResult`."""
     from .deploy import OPSET
     from .deploy.export import export_checkpoint
 
