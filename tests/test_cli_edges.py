@@ -14,6 +14,7 @@ import torch
 
 import snnkit.deploy.evaluate
 import snnkit.deploy.export
+import snnkit.deploy.streaming
 import snnkit.deploy.writer
 from deploy_helpers import invoke
 from fault_helpers import one_line_error, snapshot, temporaries
@@ -98,7 +99,9 @@ def test_export_out_of_memory_is_one_line_and_leaves_no_file(run, monkeypatch, c
     where, error = OUT_OF_MEMORY[case]
     exported("runs/tiny/model_streaming.onnx", "--form", "streaming")
     before = snapshot(run.parent)
-    monkeypatch.setattr(snnkit.deploy.writer, where, raise_(error))
+    for module in (snnkit.deploy.writer, snnkit.deploy.streaming):  # the unrolled form's and the streaming one's
+        if hasattr(module, where):
+            monkeypatch.setattr(module, where, raise_(error))
     for args in (["--form", "unrolled"], ["--form", "streaming", "--force"]):  # a new file, a replaced one
         one_line_error(invoke("export", *args), 2, "out of memory", "lower --T")
         assert snapshot(run.parent) == before and not temporaries(run.parent)
