@@ -77,7 +77,7 @@ READ = {
     "computed_once": NAMES,
     "checkpoint": record({"file": matches(r"[^/\\]+", "a file name without folders"),
                           "sha256": matches(r"[0-9a-f]{64}", "a SHA-256 in hex")},
-                         {"relative": matches(r"[^\\]+", "a relative path with / between folders"),
+                         {"relative": matches(r"[^/\\][^\\]*", "a relative path with / between folders"),
                           "bytes": whole(0, 1 << 50)}),
     "states": list_of(record({"input": text, "output": text, "layer": text, "shape": SHAPE, "initial": number}),
                       at_least=1),

@@ -48,6 +48,8 @@ UNROLLED = {  # what is written over a good unrolled graph's metadata -> the wor
         {"checkpoint": {"file": "../../etc/passwd", "sha256": "0" * 64}},
         "'checkpoint' is {\"file\": \"../../etc/passwd\", \"sha256\"..., not an object whose 'file' is a file name"),
     "no checkpoint named": ({"checkpoint": None}, "has snnkit metadata that names no checkpoint; give the checkpoint"),
+    "an absolute checkpoint path": ({"checkpoint": {"file": "c.pt", "sha256": "0" * 64, "relative": "/etc/c.pt"}},
+                                    "not an object whose 'relative' is a relative path"),
     "a checkpoint digest that is not one": ({"checkpoint": {"file": "checkpoint.pt", "sha256": "abc"}},
                                             "not an object whose 'sha256' is a SHA-256 in hex"),
     "computed once: a module the model lacks": (
