@@ -16,16 +16,16 @@ import torch
 from torch import nn
 
 from deploy_helpers import DEFAULT_SHAPE, SHAPES, exact_input, model_and_checkpoint, observed_from
-from snnkit.checkpoint import atomic_save
+from snnkit.checkpoint import atomic_save, model_from_checkpoint
 from snnkit.deploy.costs import topology
 from snnkit.deploy.evaluate import check_graph, evaluate
 from snnkit.deploy.export import export_checkpoint
-from snnkit.deploy.writer import check_forward
 from snnkit.deploy.graph import TimeUnrolled, deployable
 from snnkit.deploy.parity import MODULES, PROBABLE, Bound, gamma, sum_error, verify
 from snnkit.deploy.runtime import load_onnx
+from snnkit.deploy.writer import check_forward
 from snnkit.models import MODELS
-from snnkit.spiking import SpikingNet, spiking_layers
+from snnkit.spiking import LIF, SpikingNet, spiking_layers
 
 LEVELS = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
 BATCH = 3
@@ -39,18 +39,21 @@ def exports(tmp_path_factory):
     runs: dict[tuple, tuple[SpikingNet, Path]] = {}
     files: dict[tuple, Path] = {}
 
-    def get(name: str, T: int, kind: str, form: str = "unrolled") -> tuple[SpikingNet, Path]:
-        if (name, T, kind) not in runs:
+    def get(name: str, T: int, kind: str, form: str = "unrolled", reset: str = "soft") -> tuple[SpikingNet, Path]:
+        if (name, T, kind, reset) not in runs:
             torch.manual_seed(0)
             net, ckpt = model_and_checkpoint(name, exact=False, kind=kind)
+            if reset != "soft":
+                ckpt["model"]["neuron"]["reset"] = reset
+                net = model_from_checkpoint(ckpt)
             ckpt["T"] = T
-            run = tmp_path_factory.mktemp(f"{name}-{T}-{kind}")
+            run = tmp_path_factory.mktemp(f"{name}-{T}-{kind}-{reset}")
             atomic_save(ckpt, run / "checkpoint.pt")
-            runs[name, T, kind] = net, run
-        net, run = runs[name, T, kind]
-        if (name, T, kind, form) not in files:
-            files[name, T, kind, form] = export_checkpoint(run, form=form).path
-        return net, files[name, T, kind, form]
+            runs[name, T, kind, reset] = net, run
+        net, run = runs[name, T, kind, reset]
+        if (name, T, kind, form, reset) not in files:
+            files[name, T, kind, form, reset] = export_checkpoint(run, form=form).path
+        return net, files[name, T, kind, form, reset]
 
     return get
 
@@ -84,6 +87,16 @@ def test_every_model_passes_parity_at_every_T_input_kind_and_optimisation_level(
     assert verdict.spikes_compared == BATCH * T * sum(topology(net, SHAPES.get(name, DEFAULT_SHAPE)).neurons)
     assert (graph.spike_counts.sum(0) > 0).all(), "every layer should fire, or the check is empty"
     np.testing.assert_array_equal(twin.logits.argmax(1), graph.logits.argmax(1))
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("name", MODELS.names())
+def test_every_model_passes_parity_with_a_hard_reset(exports, name, level):
+    net, path = exports(name, 4, "static", reset="hard")
+    assert all(m.neuron.reset == "hard" for m in net.modules() if isinstance(m, LIF))
+    checked = judge(net, path, 4, "static", inputs(name, 4, "static"), level)
+    assert checked.verdict.passed, checked.verdict.first_unexplained.describe()
+    assert (checked.graph.spike_counts.sum(0) > 0).all(), "every layer should fire, or the check is empty"
 
 
 @pytest.mark.parametrize("kind", ["static", pytest.param("event", marks=pytest.mark.slow)])
