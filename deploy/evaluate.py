@@ -34,6 +34,7 @@ from .source import Source, checked_dataset, file_sha256
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 RUNS = Path(DEFAULT_OUT_DIR)  # where eval looks for a graph's checkpoint by its SHA-256
+GIVE = "(`snnkit eval CHECKPOINT --onnx GRAPH`)"  # how a user names a graph's checkpoint
 PROBE_BYTES = 1 << 30  # per chunk of samples run with every membrane and spike exposed (both sides)
 ACCURACY_GATED = {"int8"}  # quantized weights legitimately move spikes
 
@@ -206,13 +207,12 @@ def checkpoint_for(model: OnnxModel, checkpoint: Optional[str | Path]) -> Path:
     recorded = model.meta.get("checkpoint") if model.meta is not None else None
     if checkpoint is None and recorded is None:
         what = "no snnkit metadata" if model.meta is None else "snnkit metadata that names no checkpoint"
-        raise SnnkitError(f"{model.path} has {what}; give the checkpoint it was exported from "
-                          "(`snnkit eval CHECKPOINT --onnx GRAPH`) to evaluate it")
+        raise SnnkitError(f"{model.path} has {what}; give the checkpoint it was exported from {GIVE} to evaluate it")
     if checkpoint is not None:
         path = resolve_checkpoint_path(checkpoint)
         if recorded is not None and file_sha256(path) != recorded["sha256"]:
             raise SnnkitError(f"{path} is not the checkpoint {model.path} was exported from (its SHA-256 differs); "
-                              "give that checkpoint (`snnkit eval CHECKPOINT --onnx GRAPH`), or re-export")
+                              f"give that checkpoint {GIVE}, or re-export")
         return path
     named = [model.path.parent / recorded["file"]]  # beside the graph, then where it was relative to it
     named += [model.path.parent / recorded["relative"]] if "relative" in recorded else []
@@ -222,10 +222,10 @@ def checkpoint_for(model: OnnxModel, checkpoint: Optional[str | Path]) -> Path:
         return found
     if changed := next((p for p in named if p.is_file()), None):
         raise SnnkitError(f"{changed} is not the checkpoint {model.path} was exported from (its SHA-256 differs); "
-                          "give that checkpoint (`snnkit eval CHECKPOINT --onnx GRAPH`), or re-export")
+                          f"give that checkpoint {GIVE}, or re-export")
     at = f", at its recorded path {recorded['relative']}," if "relative" in recorded else ""
     raise SnnkitError(f"{model.path} was exported from {recorded['file']} (SHA-256 {recorded['sha256'][:12]}), which "
-                      f"is not beside it{at} or in a run under {RUNS}/; give that checkpoint (`snnkit eval CHECKPOINT --onnx GRAPH`)")
+                      f"is not beside it{at} or in a run under {RUNS}/; give that checkpoint {GIVE}")
 
 
 def graph_steps(model: OnnxModel, net: SpikingNet, layer_names: list[str]) -> int:
