@@ -5,6 +5,8 @@
     python bench/accuracy.py --recipe digits --epochs 5         # a quick check (minutes)
     python bench/accuracy.py --epochs 2 --train-subset 10000 \\
         --methods bptt,rate_m,rate_m@method.divide_grad_by_T=true   # a quick Fashion-MNIST check
+    python bench/accuracy.py --recipe cifar10_cpu --set data.root=/data/cifar10 \\
+        --methods bptt,rate_m,rate_s,sltt,ottt_o                    # CIFAR-10 on 2 cores: hours
 
 Each row trains the recipe with the same seed and epochs (the online methods with their own
 per-step loss); a row is a registered method, optionally followed by ``@section.key=value``
@@ -12,7 +14,8 @@ overrides for that row alone. A row runs in a fresh subprocess (its peak RSS is 
 own snnkit run directory ``<out>/accuracy/<recipe>-<E>ep[-n<N>]/<row>``: a finished run is read
 back and an interrupted one continues from its last completed epoch (snnkit's resume), so the same
 command, rerun after a kill, loses at most one epoch of one row. ``--train-subset N`` trains on
-the first N training samples (the test set stays whole).
+the first N training samples (the test set stays whole). ``--set section.key=value`` applies to
+every row (where the data lives, say); a row already started continues with the config it began with.
 
 Reported per row: final and best test accuracy and the final's gap to bptt, the last epoch's
 training accuracy (the running mean over its batches), median training seconds per epoch, the
@@ -64,13 +67,14 @@ class Row:
     epochs: int
     train_subset: int | None
     group_dir: Path
+    shared: tuple[str, ...] = ()  # --set overrides, for every row
 
     @property
     def run_dir(self) -> Path:
         return self.group_dir / self.label
 
     def config(self) -> Config:
-        return labelled_config(self.recipe, self.label, f"optim.epochs={self.epochs}",
+        return labelled_config(self.recipe, self.label, *self.shared, f"optim.epochs={self.epochs}",
                                f"run.out_dir={self.group_dir}", f"run.name={self.label}")
 
 
@@ -166,7 +170,8 @@ def parse_rows(args) -> list[Row]:
     recipe = resolve_config(args.recipe)
     epochs = args.epochs or recipe.optim.epochs
     group = f"{recipe.recipe}-{epochs}ep" + (f"-n{args.train_subset}" if args.train_subset else "")
-    rows = [Row(label, args.recipe, epochs, args.train_subset, args.out / "accuracy" / group) for label in labels]
+    rows = [Row(label, args.recipe, epochs, args.train_subset, args.out / "accuracy" / group, tuple(args.set))
+            for label in labels]
     for row in rows:
         row.config()  # an unknown method or key stops here, with the valid choices
     return rows
@@ -179,13 +184,15 @@ def main(argv=None) -> None:
                                           "(default: every registered method)")
     parser.add_argument("--epochs", type=int, help="epochs per row (default: the recipe's)")
     parser.add_argument("--train-subset", type=int, help="train on the first N training samples")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="a config override for every row (repeatable), e.g. data.root=/data/cifar10")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.child:
         job = json.loads(args.child)
-        run_row(Row(**{**job, "group_dir": Path(job["group_dir"])}))
+        run_row(Row(**{**job, "group_dir": Path(job["group_dir"]), "shared": tuple(job["shared"])}))
         return
     try:
         rows = parse_rows(args)

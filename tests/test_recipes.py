@@ -24,10 +24,25 @@ PAPER = {  # recipe -> (dataset, model, settings that must match §5)
     "cifar10dvs_vggsnn": ("cifar10_dvs", "vggsnn", dict(CIFAR, T=10)),
     "fashion_mnist": ("fashion_mnist", "mnist_convnet", dict(T=4)),
 }
+CPU_SIZED = {  # recipe -> (the paper's recipe it shrinks, the only settings it may change)
+    "cifar10_cpu": ("cifar10_resnet18", {("model", "width"), ("optim", "epochs"), ("data", "batch_size"),
+                                          ("data", "workers")}),
+}
 
 
 def test_every_paper_setting_has_a_recipe():
-    assert sorted(PAPER) == sorted(set(recipe_names()) - {"digits"})
+    assert sorted(PAPER) == sorted(set(recipe_names()) - {"digits"} - set(CPU_SIZED))
+
+
+@pytest.mark.parametrize("recipe", sorted(CPU_SIZED))
+def test_cpu_sized_recipes_shrink_a_paper_recipe_and_change_nothing_else(recipe):
+    """Its accuracy stands for the paper's recipe at a smaller size: same data, model family, method,
+    T, optimiser, schedule and augmentation."""
+    paper, allowed = CPU_SIZED[recipe]
+    small, full = resolve_config(recipe).to_dict(), resolve_config(paper).to_dict()
+    changed = {(section, key) for section in full if isinstance(full[section], dict)
+               for key in full[section] if small[section][key] != full[section][key]}
+    assert changed <= allowed and small["model"]["width"] < 1
 
 
 @pytest.mark.parametrize("recipe", sorted(PAPER))
