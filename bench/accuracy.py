@@ -74,8 +74,9 @@ class Row:
         return self.group_dir / self.label
 
     def config(self) -> Config:
-        return labelled_config(self.recipe, self.label, *self.shared, f"optim.epochs={self.epochs}",
-                               f"run.out_dir={self.group_dir}", f"run.name={self.label}")
+        return labelled_config(self.recipe, self.label, f"optim.epochs={self.epochs}",
+                               f"run.out_dir={self.group_dir}", f"run.name={self.label}",
+                               shared=self.shared)
 
 
 def subset(data: DataBundle, n: int | None) -> DataBundle | None:

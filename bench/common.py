@@ -183,11 +183,12 @@ def lif_inputs(net: spiking.SpikingNet, x_seq: torch.Tensor) -> list[tuple[LIF, 
 
 
 # --- configs ------------------------------------------------------------------------------------
-def labelled_config(recipe: str, label: str, *fixed: str) -> Config:
-    """The config of a bench row ``METHOD[@section.key=value...]`` on ``recipe``: the method, the
-    row's own overrides, then ``fixed`` (the settings every row shares)."""
+def labelled_config(recipe: str, label: str, *fixed: str, shared: tuple[str, ...] = ()) -> Config:
+    """The config of a bench row ``METHOD[@section.key=value...]`` on ``recipe``: ``shared`` (the
+    user's settings for every row), the method, the row's own overrides, then ``fixed`` (what the
+    bench itself sets for every row)."""
     method, *overrides = label.split("@")
-    return resolve_config(recipe, [f"method.name={method}", *overrides, *fixed])
+    return resolve_config(recipe, [*shared, f"method.name={method}", *overrides, *fixed])
 
 
 # --- output -------------------------------------------------------------------------------------

@@ -72,14 +72,16 @@ class Setting:
     channels_last: bool = False  # conv weights and the input in channels_last, as the trainer on CUDA
 
 
-def rows(methods: list[str]) -> list[tuple[str, str, dict]]:
-    """(label, method, options) for every registered method asked for, then the extra rows."""
+def rows(methods: list[str], single_layout: bool = True) -> list[tuple[str, str, dict]]:
+    """(label, method, options) for every registered method asked for (bptt also in its single-step
+    layout unless ``single_layout`` is false), then the extra rows."""
     out = []
     for name in METHODS.names():
         if name not in methods:
             continue
         if name == "bptt":
-            out += [("bptt", "bptt", {"layout": "multi"}), ("bptt[single]", "bptt", {"layout": "single"})]
+            out += [("bptt", "bptt", {"layout": "multi"})]
+            out += [("bptt[single]", "bptt", {"layout": "single"})] if single_layout else []
         else:
             out.append((name, name, COMPILED.get(name, {})))
     return out + [(r, r, {}) for r in EXTRA_ROWS if r in methods]
@@ -162,13 +164,16 @@ def run_child(s: Setting) -> dict:
 
 
 # --- the parent: the sweep, ratios, tables, plots, targets ---------------------------------------
-def sweep(models: list[tuple[str, float, int]], Ts: list[int], methods: list[str], base: Setting) -> list[dict]:
+def sweep(models: list[tuple[str, float, int]], Ts: list[int], methods: list[str], base: Setting,
+          extras: bool = True) -> list[dict]:
+    """Every (model, T, row) in a fresh process; ``extras``: bptt's single-step layout and the
+    rate_M spike-pass timing beside the rows asked for."""
     results = []
     for model, width, batch in models:
         for T in Ts:
             settings = [replace(base, model=model, width=width, batch=batch, T=T, row=label, method=m, options=o)
-                        for label, m, o in rows(methods)]
-            if "rate_m" in methods:
+                        for label, m, o in rows(methods, single_layout=extras)]
+            if extras and "rate_m" in methods:
                 settings.append(replace(base, model=model, width=width, batch=batch, T=T,
                                         row="spike_pass", method="spike_pass"))
             for s in settings:

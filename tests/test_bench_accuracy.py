@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import accuracy  # noqa: E402
 
 
-def rows(tmp_path, methods=None, recipe="digits", epochs=2, train_subset=160):
+def rows(tmp_path, methods=None, recipe="digits", epochs=2, train_subset=160, shared=()):
     return accuracy.parse_rows(argparse.Namespace(recipe=recipe, methods=methods, epochs=epochs,
-                                                  train_subset=train_subset, out=tmp_path))
+                                                  train_subset=train_subset, out=tmp_path, set=list(shared)))
 
 
 def test_default_rows_are_every_method_on_the_fashion_mnist_recipe_at_its_length(tmp_path):
@@ -38,6 +38,11 @@ def test_a_row_carries_its_own_overrides(tmp_path):
     assert (cfg.method.name, cfg.method.options, cfg.optim.lr) == ("rate_m", {"divide_grad_by_T": True}, 0.4)
     assert (cfg.optim.epochs, cfg.run.name) == (2, row.label)
     assert row.run_dir.parent.name == "digits-2ep-n160"
+
+
+def test_set_reaches_every_row_and_a_row_override_wins_over_it(tmp_path):
+    plain, own = rows(tmp_path, "bptt,rate_m@data.batch_size=8", shared=["data.batch_size=16", "run.seed=3"])
+    assert [(r.config().data.batch_size, r.config().run.seed) for r in (plain, own)] == [(16, 3), (8, 3)]
 
 
 def test_an_unknown_method_stops_before_anything_runs(tmp_path, capsys):
