@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from snnkit.checkpoint import resolve_checkpoint_path
 from snnkit.data import encode
 from snnkit.errors import SnnkitError
+from snnkit.evaluation import evaluate_network
 from snnkit.layout import DEFAULT_OUT_DIR, latest_run
 from snnkit.spiking import Mode, SpikingNet
 
@@ -56,6 +57,12 @@ class Predictions:
         if self.step_logits is None:
             return None
         return [float((s.argmax(1) == self.labels).mean()) for s in np.cumsum(self.step_logits, axis=0)]
+
+    @classmethod
+    def of_torch(cls, net: SpikingNet, batches: Batches, T: int, kind: str) -> Predictions:
+        """The PyTorch network's, from the one evaluator."""
+        out = evaluate_network(net, batches, T, kind)
+        return cls(out.logits.numpy(), out.spike_counts.numpy().astype(np.int64), out.labels.numpy())
 
 
 @dataclass(frozen=True)
@@ -112,14 +119,6 @@ class EvalResult:
     form: str = "checkpoint"  # or the graph's: "unrolled", "streaming", "int8"
     accuracy_per_step: Optional[list[float]] = None  # a streaming graph's, after t = 1..T steps
     float32_layers: tuple[str, ...] = ()  # an int8 graph's synaptic layers it computes in float32
-
-
-@torch.no_grad()
-def predict_torch(net: SpikingNet, batches: Batches, T: int, kind: str) -> Predictions:
-    outs = [(net(encode(x, T, kind)), y) for x, y in batches]
-    return Predictions(torch.cat([o.logits for o, _ in outs]).numpy(),
-                       torch.cat([o.spike_counts for o, _ in outs]).numpy().astype(np.int64),
-                       torch.cat([y for _, y in outs]).numpy())
 
 
 def graph_input(x: torch.Tensor, T: int, kind: str) -> torch.Tensor:
@@ -269,10 +268,10 @@ def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path]
     describe = dict(model=ckpt["model"]["name"], dataset=ckpt["data"]["name"])
     if model is None:
         with topo.tally(net.body, T) as tally:
-            ref = predict_torch(net, batches, T, kind)
+            ref = Predictions.of_torch(net, batches, T, kind)
         return EvalResult(ckpt_path, ckpt["data"]["name"], T, ref.accuracy,
                           efficiency_report(topo, tally, twin.computed_once, **describe))
-    ref = predict_torch(net, batches, T, kind)
+    ref = Predictions.of_torch(net, batches, T, kind)
     checked = check_graph(model, twin, batches, sum(topo.neurons), topo)
     once = model.meta["computed_once"] if model.meta is not None else twin.computed_once  # what the graph computes
     gate = max_accuracy_drop if model.form in ACCURACY_GATED else None
