@@ -251,10 +251,10 @@ def graph_steps(model: OnnxModel, net: SpikingNet, layer_names: list[str]) -> in
 def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path] = None,
              data_root: Optional[str] = None, batch_size: int = 256, model: Optional[OnnxModel] = None,
              max_accuracy_drop: float = MAX_ACCURACY_DROP, runs: Optional[str | Path] = None) -> EvalResult:
-    """Evaluate the checkpoint (a run, or a ``run.out_dir`` for its latest run; default
-    ``<runs>/latest``, ``runs``: default ``runs``) or, with ``onnx`` (or an opened ``model``), the
-    graph against it (default: the one it records, looked for beside it and under ``runs``), at the
-    graph's T. ``max_accuracy_drop`` gates an int8 graph."""
+    """Evaluate the checkpoint (see :func:`snnkit.layout.chosen_run`; by default the latest run under
+    ``runs``, itself by default ``runs/``) or, with ``onnx`` (or an opened ``model``), the graph
+    against it (by default the checkpoint it records, looked for beside it, then under ``runs``), at
+    the graph's T. ``max_accuracy_drop`` gates an int8 graph."""
     if batch_size < 1:
         raise SnnkitError(f"--batch-size must be at least 1, got {batch_size}")
     if not 0 <= max_accuracy_drop <= 1:
