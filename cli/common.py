@@ -28,6 +28,10 @@ MODEL_OPTION = Annotated[Optional[str], typer.Option(
                     "checkpoint names it. Importing runs that code: naming it is your own act, and a "
                     "checkpoint alone never imports anything.")]
 
+RUNS_OPTION = Annotated[Optional[str], typer.Option(
+    "--runs", metavar="DIR", help="Where your runs are, the run.out_dir you trained with: given no run, read "
+                                  "DIR/latest (default: runs/latest).")]
+
 
 def one_of(names: Iterable[str]) -> str:
     """A metavar that shows an option's choices in ``--help``: ``[a|b|c]``."""

@@ -1,4 +1,4 @@
-"""``snnkit eval [RUN_OR_CHECKPOINT] [--onnx GRAPH] [--report-dir DIR]``.
+"""``snnkit eval [RUN_OR_CHECKPOINT | --runs DIR] [--onnx GRAPH] [--report-dir DIR]``.
 
 The checkpoint is given one way, positionally, as ``export`` takes it: with ``--onnx`` it is the
 checkpoint to compare the graph against (default: the one the graph names beside it). The verdict
@@ -13,13 +13,14 @@ import typer
 
 from snnkit.deploy import MAX_ACCURACY_DROP
 
-from .common import FAILED, MODEL_OPTION, console, say, user_errors, verbose
+from .common import FAILED, MODEL_OPTION, RUNS_OPTION, console, say, user_errors, verbose
 
 
 def eval_command(
     run: Annotated[Optional[str], typer.Argument(
-        metavar="RUN_OR_CHECKPOINT", help="A run directory or checkpoint file (default: <run.out_dir>/latest; "
-                                          "with --onnx: the checkpoint the graph names).")] = None,
+        metavar="RUN_OR_CHECKPOINT", help="A run directory or checkpoint file, or a run.out_dir for its latest run "
+                                          "(default: runs/latest; with --onnx: the checkpoint the graph names, "
+                                          "looked for beside it and under --runs).")] = None,
     onnx: Annotated[Optional[Path], typer.Option(
         help="Evaluate this ONNX graph in onnxruntime and check its parity with the checkpoint.")] = None,
     data_root: Annotated[Optional[str], typer.Option(help="Where the dataset's files are.")] = None,
@@ -30,6 +31,7 @@ def eval_command(
     max_accuracy_drop: Annotated[float, typer.Option(
         help="An int8 graph's gate: its largest accuracy drop against float32 (0.005 is 0.5 pp).")]
     = MAX_ACCURACY_DROP,
+    runs: RUNS_OPTION = None,
     model: MODEL_OPTION = None,
 ) -> None:
     """Test accuracy and spike efficiency; with --onnx, parity of the graph with PyTorch, spike by spike.
@@ -42,7 +44,7 @@ def eval_command(
                                       folding_line, parity_table, verdict_line, write_report)
 
     with user_errors(lower="--batch-size (or export the graph at a smaller --T)"), naming(model):
-        result = evaluate(run, onnx, data_root, batch_size, max_accuracy_drop=max_accuracy_drop)
+        result = evaluate(run, onnx, data_root, batch_size, max_accuracy_drop=max_accuracy_drop, runs=runs)
         files = write_report(result, report_dir) if report_dir is not None else ()
     side = f"ONNX {result.form} graph ({', '.join(result.providers)})" if onnx is not None else "PyTorch"
     say(f"{result.dataset} test accuracy at T = {result.T}, {side}: {result.accuracy:.2%} "

@@ -1,4 +1,4 @@
-"""``snnkit export [RUN_OR_CHECKPOINT] [-o PATH] [--form unrolled|streaming|int8|nir] [--opset N] [--T N] [--force]``.
+"""``snnkit export [RUN_OR_CHECKPOINT | --runs DIR] [-o PATH] [--form unrolled|streaming|int8|nir] [--opset N] [--T N] [--force]``.
 
 ``--streaming``, ``--quantize int8`` and ``--format nir`` are the 0.1 spellings of ``--form``, kept
 for this release (deprecated); any two that name different forms are refused before anything loads.
@@ -11,10 +11,10 @@ from typing import Annotated, Optional
 import typer
 
 from snnkit.deploy import OPSET, OPSETS
-from snnkit.layout import latest_run
 from snnkit.errors import SnnkitError
+from snnkit.layout import chosen_run
 
-from .common import MODEL_OPTION, error_line, one_of, say, user_errors
+from .common import MODEL_OPTION, RUNS_OPTION, error_line, one_of, say, user_errors
 
 FORMS = ("unrolled", "streaming", "int8", "nir")
 ALIASES = {"--streaming": "streaming", "--quantize int8": "int8", "--format onnx": "unrolled", "--format nir": "nir"}
@@ -39,7 +39,7 @@ def chosen_form(form: Optional[str], streaming: bool, quantize: Optional[str], f
 def export(
     run: Annotated[Optional[str], typer.Argument(
         metavar="RUN_OR_CHECKPOINT",
-        help="A run directory or checkpoint file (default: <run.out_dir>/latest).")] = None,
+        help="A run directory or checkpoint file, or a run.out_dir for its latest run (default: runs/latest).")] = None,
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="Where to write the graph (default: model.onnx, model_streaming.onnx, "
                                "model_int8.onnx or model.nir beside the checkpoint). Never a checkpoint, a "
@@ -55,6 +55,7 @@ def export(
         "--T", "-T", help="Time steps to unroll, or to run a streaming graph for (default: the trained T).")] = None,
     data_root: Annotated[Optional[str], typer.Option(
         help="With --form int8: where the training data is (datasets with files).")] = None,
+    runs: RUNS_OPTION = None,
     model: MODEL_OPTION = None,
     streaming: Annotated[bool, typer.Option(help="Deprecated: --form streaming.")] = False,
     quantize: Annotated[Optional[str], typer.Option(metavar="int8", help="Deprecated: --form int8.")] = None,
@@ -67,7 +68,7 @@ def export(
 
     with user_errors(lower="--T (fewer steps to unroll)"), naming(model):
         chosen = chosen_form(form, streaming, quantize, format)
-        r = export_checkpoint(run or latest_run(), output, opset, T, form=chosen, data_root=data_root, force=force)
+        r = export_checkpoint(chosen_run(run, runs), output, opset, T, form=chosen, data_root=data_root, force=force)
     say(", ".join([f"wrote {r.path}: {r.size_bytes / 1024:.1f} KiB", f"{r.nodes} nodes", f"T = {r.T}",
                    f"L = {r.layers} spiking layers", *([f"opset {r.opset}"] if r.opset is not None else []),
                    *([r.detail] if r.detail else [])]))

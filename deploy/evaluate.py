@@ -21,7 +21,8 @@ from torch.utils.data import DataLoader
 from snnkit.checkpoint import resolve_checkpoint_path
 from snnkit.data import encode
 from snnkit.errors import SnnkitError
-from snnkit.layout import DEFAULT_OUT_DIR, latest_run
+from snnkit.evaluation import evaluate_network
+from snnkit.layout import chosen_run, runs_folder
 from snnkit.spiking import Mode, SpikingNet
 
 from . import MAX_ACCURACY_DROP
@@ -33,7 +34,6 @@ from .runtime import OnnxModel, load_onnx
 from .source import Source, checked_dataset, file_sha256
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
-RUNS = Path(DEFAULT_OUT_DIR)  # where eval looks for a graph's checkpoint by its SHA-256
 GIVE = "(`snnkit eval CHECKPOINT --onnx GRAPH`)"  # how a user names a graph's checkpoint
 PROBE_BYTES = 1 << 30  # per chunk of samples run with every membrane and spike exposed (both sides)
 ACCURACY_GATED = {"int8"}  # quantized weights legitimately move spikes
@@ -56,6 +56,12 @@ class Predictions:
         if self.step_logits is None:
             return None
         return [float((s.argmax(1) == self.labels).mean()) for s in np.cumsum(self.step_logits, axis=0)]
+
+    @classmethod
+    def of_torch(cls, net: SpikingNet, batches: Batches, T: int, kind: str) -> Predictions:
+        """The PyTorch network's, from the one evaluator."""
+        out = evaluate_network(net, batches, T, kind)
+        return cls(out.logits.numpy(), out.spike_counts.numpy().astype(np.int64), out.labels.numpy())
 
 
 @dataclass(frozen=True)
@@ -112,14 +118,6 @@ class EvalResult:
     form: str = "checkpoint"  # or the graph's: "unrolled", "streaming", "int8"
     accuracy_per_step: Optional[list[float]] = None  # a streaming graph's, after t = 1..T steps
     float32_layers: tuple[str, ...] = ()  # an int8 graph's synaptic layers it computes in float32
-
-
-@torch.no_grad()
-def predict_torch(net: SpikingNet, batches: Batches, T: int, kind: str) -> Predictions:
-    outs = [(net(encode(x, T, kind)), y) for x, y in batches]
-    return Predictions(torch.cat([o.logits for o, _ in outs]).numpy(),
-                       torch.cat([o.spike_counts for o, _ in outs]).numpy().astype(np.int64),
-                       torch.cat([y for _, y in outs]).numpy())
 
 
 def graph_input(x: torch.Tensor, T: int, kind: str) -> torch.Tensor:
@@ -188,10 +186,10 @@ def evaluation_batches(ckpt: dict, root: Optional[str], batch_size: int) -> list
     return list(DataLoader(checked_dataset(ckpt, root).test, batch_size=batch_size, shuffle=False))
 
 
-def run_checkpoints() -> list[Path]:
-    """Every checkpoint file in the run directories under ``runs/``."""
-    runs = [run for run in RUNS.iterdir() if run.is_dir() and not run.is_symlink()] if RUNS.is_dir() else []
-    return sorted(p for run in runs for p in run.glob("*.pt"))
+def run_checkpoints(runs: Path) -> list[Path]:
+    """Every checkpoint file in the run directories under ``runs`` (a ``run.out_dir``)."""
+    found = [run for run in runs.iterdir() if run.is_dir() and not run.is_symlink()] if runs.is_dir() else []
+    return sorted(p for run in found for p in run.glob("*.pt"))
 
 
 def is_recorded(path: Path, recorded: dict) -> bool:
@@ -200,10 +198,10 @@ def is_recorded(path: Path, recorded: dict) -> bool:
             and file_sha256(path) == recorded["sha256"])
 
 
-def checkpoint_for(model: OnnxModel, checkpoint: Optional[str | Path]) -> Path:
+def checkpoint_for(model: OnnxModel, checkpoint: Optional[str | Path], runs: Path) -> Path:
     """``checkpoint``, or the checkpoint the graph records, found by its SHA-256: by name beside the
     graph, at its recorded path relative to the graph, any other ``.pt`` beside the graph, then in
-    the runs under ``runs/``; a given one must match too."""
+    the runs under ``runs``; a given one must match too."""
     recorded = model.meta.get("checkpoint") if model.meta is not None else None
     if checkpoint is None and recorded is None:
         what = "no snnkit metadata" if model.meta is None else "snnkit metadata that names no checkpoint"
@@ -217,7 +215,7 @@ def checkpoint_for(model: OnnxModel, checkpoint: Optional[str | Path]) -> Path:
     named = [model.path.parent / recorded["file"]]  # beside the graph, then where it was relative to it
     named += [model.path.parent / recorded["relative"]] if "relative" in recorded else []
     beside = sorted(model.path.parent.glob("*.pt"))  # a copy may have another name
-    if found := next((p for p in dict.fromkeys([*named, *beside, *run_checkpoints()]) if is_recorded(p, recorded)),
+    if found := next((p for p in dict.fromkeys([*named, *beside, *run_checkpoints(runs)]) if is_recorded(p, recorded)),
                      None):
         return found
     if changed := next((p for p in named if p.is_file()), None):
@@ -225,7 +223,8 @@ def checkpoint_for(model: OnnxModel, checkpoint: Optional[str | Path]) -> Path:
                           f"give that checkpoint {GIVE}, or re-export")
     at = f", at its recorded path {recorded['relative']}," if "relative" in recorded else ""
     raise SnnkitError(f"{model.path} was exported from {recorded['file']} (SHA-256 {recorded['sha256'][:12]}), which "
-                      f"is not beside it{at} or in a run under {RUNS}/; give that checkpoint {GIVE}")
+                      f"is not beside it{at} or in a run under {runs}/; give that checkpoint {GIVE}, or --runs DIR "
+                      "where its run is")
 
 
 def graph_steps(model: OnnxModel, net: SpikingNet, layer_names: list[str]) -> int:
@@ -251,16 +250,21 @@ def graph_steps(model: OnnxModel, net: SpikingNet, layer_names: list[str]) -> in
 
 def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path] = None,
              data_root: Optional[str] = None, batch_size: int = 256, model: Optional[OnnxModel] = None,
-             max_accuracy_drop: float = MAX_ACCURACY_DROP) -> EvalResult:
-    """Evaluate the checkpoint (default ``<run.out_dir>/latest``) or, with ``onnx`` (or an opened ``model``),
-    the graph against it, at the graph's T. ``max_accuracy_drop`` gates an int8 graph."""
+             max_accuracy_drop: float = MAX_ACCURACY_DROP, runs: Optional[str | Path] = None) -> EvalResult:
+    """Evaluate the checkpoint (see :func:`snnkit.layout.chosen_run`; by default the latest run under
+    ``runs``, itself by default ``runs/``) or, with ``onnx`` (or an opened ``model``), the graph
+    against it (by default the checkpoint it records, looked for beside it, then under ``runs``), at
+    the graph's T. ``max_accuracy_drop`` gates an int8 graph."""
     if batch_size < 1:
         raise SnnkitError(f"--batch-size must be at least 1, got {batch_size}")
     if not 0 <= max_accuracy_drop <= 1:
         raise SnnkitError(f"--max-accuracy-drop must be between 0 and 1 (0.005 is 0.5 pp), got {max_accuracy_drop}")
     model = model or (load_onnx(onnx) if onnx is not None else None)
-    ckpt_path = (checkpoint_for(model, checkpoint) if model is not None
-                 else resolve_checkpoint_path(checkpoint or latest_run()))
+    if model is None:
+        ckpt_path = resolve_checkpoint_path(chosen_run(checkpoint, runs))
+    else:
+        given = chosen_run(checkpoint, runs) if checkpoint is not None else None
+        ckpt_path = checkpoint_for(model, given, runs_folder(runs))
     src = Source.load(ckpt_path)
     ckpt, net, kind, topo = src.ckpt, src.net, src.kind, src.topo
     T = graph_steps(model, net, topo.layer_names) if model is not None else src.T
@@ -269,10 +273,10 @@ def evaluate(checkpoint: Optional[str | Path] = None, onnx: Optional[str | Path]
     describe = dict(model=ckpt["model"]["name"], dataset=ckpt["data"]["name"])
     if model is None:
         with topo.tally(net.body, T) as tally:
-            ref = predict_torch(net, batches, T, kind)
+            ref = Predictions.of_torch(net, batches, T, kind)
         return EvalResult(ckpt_path, ckpt["data"]["name"], T, ref.accuracy,
                           efficiency_report(topo, tally, twin.computed_once, **describe))
-    ref = predict_torch(net, batches, T, kind)
+    ref = Predictions.of_torch(net, batches, T, kind)
     checked = check_graph(model, twin, batches, sum(topo.neurons), topo)
     once = model.meta["computed_once"] if model.meta is not None else twin.computed_once  # what the graph computes
     gate = max_accuracy_drop if model.form in ACCURACY_GATED else None

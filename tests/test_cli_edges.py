@@ -111,13 +111,13 @@ def test_export_out_of_memory_is_one_line_and_leaves_no_file(run, monkeypatch, c
                                    RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to "
                                                 "allocate 68719476736 bytes")])
 def test_eval_out_of_memory_says_what_to_lower(run, monkeypatch, error):
-    monkeypatch.setattr(snnkit.deploy.evaluate, "predict_torch", raise_(error))
+    monkeypatch.setattr(snnkit.deploy.evaluate, "evaluate_network", raise_(error))
     one_line_error(invoke("eval", "--report-dir", "report"), 2, "out of memory", "lower --batch-size")
     assert not Path("report").exists()
 
 
 def test_a_crash_that_is_not_out_of_memory_still_shows_its_traceback(run, monkeypatch):
-    monkeypatch.setattr(snnkit.deploy.evaluate, "predict_torch", raise_(RuntimeError("an snnkit bug")))
+    monkeypatch.setattr(snnkit.deploy.evaluate, "evaluate_network", raise_(RuntimeError("an snnkit bug")))
     result = invoke("eval")
     assert result.exit_code == 1 and isinstance(result.exception, RuntimeError)
 

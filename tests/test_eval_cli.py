@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from deploy_helpers import invoke
+from fault_helpers import one_line_error
 from snnkit.data import DataBundle, register_dataset
 
 
@@ -246,3 +247,35 @@ def test_quickstart_chain_train_export_eval(tmp_path, monkeypatch):
     folding = json.loads(Path("report/efficiency.json").read_text())["bn_folding"]
     assert folding["spike_count_identity"] >= 0.99  # BN folding's own float32 effect, measured
     assert "BN folding alone" in result.output
+
+
+@pytest.fixture
+def elsewhere(run) -> Path:
+    """The run trained with ``--set run.out_dir=exp``: exp/tiny and exp/latest, no runs/."""
+    shutil.move(run.parent, "exp")
+    return Path("exp")
+
+
+def test_a_run_out_dir_is_reached_without_naming_the_run(elsewhere):
+    for args in (["eval", "exp"], ["eval", "--runs", "exp"]):  # the folder as the run, or as --runs
+        result = invoke(*args)
+        assert result.exit_code == 0, result.output
+        assert "(checkpoint exp/latest/checkpoint.pt)" in result.output
+    assert invoke("export", "exp").exit_code == 0 and (elsewhere / "tiny" / "model.onnx").is_file()
+    assert invoke("export", "--runs", "exp", "--form", "streaming").exit_code == 0
+    shutil.move(elsewhere / "tiny" / "model_streaming.onnx", "graph.onnx")  # its checkpoint: found under --runs
+    result = invoke("eval", "--onnx", "graph.onnx", "--runs", "exp")
+    assert result.exit_code == 0, result.output
+    assert "(checkpoint exp/tiny/checkpoint.pt)" in result.output
+
+
+@pytest.mark.parametrize("args", [["eval"], ["export"], ["export", "--runs", "nowhere"]])
+def test_no_latest_run_says_where_it_looked_and_what_to_pass(elsewhere, args):
+    where = "nowhere" if "--runs" in args else "runs"
+    one_line_error(invoke(*args), 2, f"no run given and no {where}/latest (the newest run with a checkpoint under "
+                                     f"{where}/)", "--runs DIR for runs trained with --set run.out_dir=DIR")
+    assert not Path("runs").exists() and sorted(p.name for p in (elsewhere / "tiny").iterdir()) == ["checkpoint.pt"]
+
+
+def test_a_run_and_runs_together_are_refused(elsewhere):
+    one_line_error(invoke("eval", "exp/tiny", "--runs", "exp"), 2, "exp/tiny and --runs exp both name the run")

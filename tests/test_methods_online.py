@@ -240,3 +240,48 @@ def test_cli_stops_an_unsupported_run_at_start_up_in_one_line(tmp_path):
     assert result.exit_code == 2
     assert "SAF needs soft reset" in result.output and "Traceback" not in result.output
     assert not any(tmp_path.iterdir())  # stopped before any run directory or runs/latest was written
+
+
+def first_conv_grad(name, net, x, y, **options):
+    """``run`` with the error g[t] at the first conv's output recorded at every step."""
+    errors = []
+    conv = net.body[0][0]
+
+    def record(module, inputs, out):
+        if out.requires_grad:  # the steps that run with autograd
+            out.register_hook(errors.append)
+
+    hook = conv.register_forward_hook(record)
+    _, log = run(name, net, x, y, dtype=torch.float64, **options)
+    hook.remove()
+    return log.total(), errors
+
+
+def weight_grad_of(conv, inputs, errors):
+    """Σ_t g[t] ⊗ input[t] for a conv: the weight gradient of ``inputs`` at the recorded errors."""
+    w = conv.weight.detach().requires_grad_()
+    return sum(torch.autograd.grad((conv._conv_forward(i, w, None) * g).sum(), w)[0] for i, g in zip(inputs, errors))
+
+
+@pytest.mark.parametrize("name", ["ottt_a", "ottt_o"])
+def test_ottt_first_layer_raw_takes_the_raw_inputs_gradient_and_trace_stays_the_default(name, batch):
+    """first_layer=raw (SpikingJelly's OTTTLIFNode, the OTTT authors' code): the first conv's ∇W is
+    Σ_t g[t] ⊗ x[t]; the default is Σ_t g[t] ⊗ â[t] of the raw input; nothing else changes."""
+    net = tiny_net(torch.float64)
+    x, y = batch
+    x_seq = encode(x.to(torch.float64), 4, "static")
+    raw, raw_errors = first_conv_grad(name, copy.deepcopy(net), x, y, first_layer="raw")
+    traced, traced_errors = first_conv_grad(name, copy.deepcopy(net), x, y)  # the default
+    conv, first = net.body[0][0], "body.0.0.weight"
+    assert len(raw_errors) == len(traced_errors) == 4
+    torch.testing.assert_close(raw[first], weight_grad_of(conv, x_seq, raw_errors), atol=1e-12, rtol=0)
+    torch.testing.assert_close(traced[first], weight_grad_of(conv, presynaptic_trace(x_seq, net.body[0][2].neuron.decay),
+                                                             traced_errors), atol=1e-12, rtol=0)
+    assert not torch.allclose(raw[first], traced[first])  # the rule matters
+    assert_grads_equal({n: g for n, g in raw.items() if n != first}, {n: g for n, g in traced.items() if n != first},
+                       atol=1e-12)
+
+
+def test_first_layer_rejects_an_unknown_rule():
+    with pytest.raises(ValueError, match="method.first_layer must be one of trace, raw"):
+        build_method("ottt_a", 4, {"first_layer": "spike"})

@@ -100,10 +100,11 @@ def export(run: str | Path, form: str = "unrolled", out: Optional[str | Path] = 
 
 
 def evaluate(run: Optional[str | Path] = None, onnx: Optional[str | Path] = None, model: Optional[str] = None,
-             data_root: Optional[str] = None, batch_size: int = 256):
-    """Test accuracy and spike efficiency of the checkpoint, or with ``onnx`` of the graph, with its
-    parity verdict against the checkpoint (``result.parity.passed``)."""
+             data_root: Optional[str] = None, batch_size: int = 256, runs: Optional[str | Path] = None):
+    """Test accuracy and spike efficiency of the checkpoint (default: the latest run under ``runs``,
+    a ``run.out_dir``, default ``runs``), or with ``onnx`` of the graph, with its parity verdict
+    against the checkpoint (``result.parity.passed``)."""
     from .deploy.evaluate import evaluate as evaluate_run
 
     with naming(model):
-        return evaluate_run(run, onnx, data_root, batch_size)
+        return evaluate_run(run, onnx, data_root, batch_size, runs=runs)

@@ -77,3 +77,13 @@ def next_lif(body: nn.Module) -> dict[nn.Module, Optional[LIF]]:
             following[m] = lif
     return following
 
+
+
+def input_layers(body: nn.Module) -> list[nn.Module]:
+    """The conv/linear layers registered before the first LIF: the ones that see the raw input."""
+    before = []
+    for m in leaf_layers(body):
+        if isinstance(m, LIF):
+            break
+        before.append(m)
+    return [m for m in before if parametric_op(m) is not None]

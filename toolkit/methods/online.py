@@ -6,9 +6,12 @@ per-step loss ``L[t]/T`` and call backward at every step, so autograd holds one 
 memory does not grow with T. OTTT's hidden conv/linear layers output ``W·s[t]`` but take the weight
 gradient of the presynaptic trace ``â[t] = λ·â[t−1] + s[t]``:
 ``y = stopgrad(W·s) + (W·â − stopgrad(W·â))``, so ∇W accumulates ``g[t] ⊗ â[t]`` (the bias, a
-weight on a constant input, gets the trace ρ[t] = 1 + λ + … + λ^{t−1} of that input). SLTT uses the
-instantaneous spike: it is OTTT with trace decay 0. The readout (no membrane follows it) always
-uses the instantaneous input, so its gradient is BPTT's under the same per-step loss.
+weight on a constant input, gets the trace ρ[t] = 1 + λ + … + λ^{t−1} of that input). The input
+layers (before the first LIF) take the trace of the raw input by default (``method.first_layer=
+trace``); ``raw`` gives them the raw input's gradient ``g ⊗ x[t]``, the rule of SpikingJelly's
+``OTTTLIFNode`` and of the OTTT authors' code (docs/methods.md). SLTT uses the instantaneous spike:
+it is OTTT with trace decay 0. The readout (no membrane follows it) always uses the instantaneous
+input, so its gradient is BPTT's under the same per-step loss.
 """
 from __future__ import annotations
 
@@ -23,10 +26,11 @@ from torch import nn
 from ..errors import ConfigError
 from ..spiking import LIF, Mode, SingleStep, firing_rate, layer_modes, neuron_mode
 from .base import Method, StepOutput, register_method
-from .layers import ParametricOp, Trace, next_lif, parametric_op
+from .layers import ParametricOp, Trace, input_layers, next_lif, parametric_op
 from .losses import check_loss, step_loss
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
+FIRST_LAYER_RULES = ("trace", "raw")  # the input layers' weight gradient: of the raw input's trace, or of the input
 
 
 class DetachedStep(SingleStep):
@@ -98,9 +102,13 @@ class OnlineMethod(Method):
 @dataclass(frozen=True)
 class OTTTOptions(OnlineOptions):
     trace_decay: Optional[float] = None  # λ of the presynaptic trace; None: the neuron's decay
+    first_layer: str = "trace"  # raw: the input layers' gradient of the raw input (SpikingJelly, OTTT's code)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.first_layer not in FIRST_LAYER_RULES:
+            raise ValueError(f"method.first_layer must be one of {', '.join(FIRST_LAYER_RULES)}, "
+                             f"got {self.first_layer!r}")
         if self.trace_decay is not None and not 0.0 <= self.trace_decay < 1.0:
             raise ValueError(f"method.trace_decay must be in [0, 1), got {self.trace_decay}")
 
@@ -111,9 +119,10 @@ class OTTT(OnlineMethod):
     @contextmanager
     def scope(self, body):
         forwards = {}
+        plain = set(input_layers(body)) if self.options.first_layer == "raw" else set()
         for layer, lif in next_lif(body).items():
             op = parametric_op(layer)
-            if op is not None and lif is not None:  # hidden layers; the readout runs unchanged
+            if op is not None and lif is not None and layer not in plain:  # the readout (and raw input layers) unchanged
                 decay = lif.neuron.decay if self.options.trace_decay is None else self.options.trace_decay
                 forwards[layer] = partial(trace_forward, op, Trace(decay))
         with layer_modes(forwards), super().scope(body) as scoped:

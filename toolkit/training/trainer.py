@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch.nn.utils import get_total_norm
 from torch.utils.data import DataLoader
 
@@ -18,11 +17,12 @@ from ..checkpoint import CHECKPOINT_NAME, atomic_save, make_checkpoint, nonfinit
 from ..config import Config
 from ..data import DataBundle, encode, load_dataset, validation_split
 from ..errors import CheckpointError, DataError, DivergedError, one_line
+from ..evaluation import evaluate_network
 from ..files import append_line, atomic_write_text
 from ..methods import Method, build_method
 from ..methods.base import RunShape
 from ..models import ModelSpec, build_model, check_input_fits
-from ..spiking import SpikingNet, firing_rate
+from ..spiking import SpikingNet
 from .curves import write_curves
 from .distributed import World, convert_sync_batchnorm, process_group, resolve_device
 from .optim import make_optimizer
@@ -49,21 +49,12 @@ def make_loader(dataset, batch_size: int, workers: int, device, sampler=None) ->
                       pin_memory=device.type == "cuda", persistent_workers=workers > 0, drop_last=False)
 
 
-@torch.no_grad()
 def evaluate(net: SpikingNet, loader: DataLoader, T: int, kind: str, device, world: World = World()) -> dict:
-    """Accuracy, loss and firing rate of the plain spiking network (Heaviside, no surrogate), summed
-    over the ranks' shards of a held-out set (validation or test)."""
-    net.eval()
-    n = correct = loss = spikes = 0.0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        logits_seq, modes = net.run_multistep(encode(x, T, kind))
-        logits = logits_seq.mean(0)
-        loss += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += float((logits.argmax(1) == y).sum())
-        n += y.shape[0]
-        spikes += firing_rate(modes) * y.shape[0]
-    n, correct, loss, spikes = world.all_reduce_sum([n, correct, loss, spikes])
+    """Accuracy, loss and firing rate of the plain spiking network, summed over the ranks' shards of
+    a held-out set (validation or test)."""
+    out = evaluate_network(net, loader, T, kind, device)
+    n, correct, loss, spikes = world.all_reduce_sum([out.samples, out.correct, out.loss_sum,
+                                                     out.firing_rate * out.samples])
     return {"loss": loss / max(n, 1), "acc": correct / max(n, 1), "firing_rate": spikes / max(n, 1)}
 
 
