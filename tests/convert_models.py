@@ -112,8 +112,8 @@ def dropout() -> nn.Module:
     return parametric_lif_net.FashionMNISTNet(channels=4, spiking_neuron=NEURONS["lif"])
 
 
-def snntorch_subtract() -> nn.Module:
-    return snntorch_convnet(reset_mechanism="subtract")
+def snntorch_no_reset() -> nn.Module:
+    return snntorch_convnet(reset_mechanism="none")
 
 
 def snntorch_learn_beta() -> nn.Module:
