@@ -159,6 +159,7 @@ EVERY_ONNX_FORM = [[], ["--form", "streaming"], ["--form", "int8"]]
     ("sew_resnet18", {}, 16, EVERY_ONNX_FORM),
     ("plif_net", {"net": "CIFAR10Net"}, 32, EVERY_ONNX_FORM),
     ("snntorch_convnet", {}, 16, [*EVERY_ONNX_FORM, ["--form", "nir"]]),
+    ("snntorch_convnet", {"reset_mechanism": "subtract"}, 16, EVERY_ONNX_FORM),
     ("sj_avgpool_net", {}, 16, [*EVERY_ONNX_FORM, ["--form", "nir"]]),
 ])
 def test_train_export_every_form_and_eval_pass(function, kwargs, side, forms, tmp_path):
