@@ -10,7 +10,7 @@ continuous-time equations; its LIF is ``τ·dv/dt = (v_leak − v) + r·I``, fir
 
 The time step is stated in the graph's metadata (``dt``); a consumer that discretises exactly
 (λ = exp(−dt/τ)) instead needs τ = −dt / ln λ. NIR's reset is a hard reset, so a soft-reset model
-(snnkit's default) is refused rather than approximated. The graph is the streaming form's step
+(snnkit's default) or a subtract_next one is refused rather than approximated. The graph is the streaming form's step
 graph (:class:`~snnkit.deploy.graph.OneStep`: BatchNorm folded into the convolutions, traced with
 torch.fx, LIF layers as leaves), each node converted through a type table: NIR ``Conv2d`` /
 ``Affine`` with bias, average pooling as ``AvgPool2d`` (global pooling too, with the kernel the
@@ -55,9 +55,13 @@ def as_array(t: torch.Tensor) -> np.ndarray:
 
 def lif_node(m: LIF, shape: tuple[int, ...], name: str):
     p = m.neuron
-    if p.reset != "hard":
+    if p.reset == "soft":
         raise NirUnsupported("NIR's LIF resets to v_reset after a spike and cannot express snnkit's soft reset "
                              "(subtract V_th); train with `--set neuron.reset=hard` to export to NIR")
+    if p.reset == "subtract_next":
+        raise NirUnsupported("NIR's LIF resets to v_reset after a spike and cannot express snnkit's subtract_next "
+                             "reset (snnTorch's subtract); use the hard reset (snnTorch's reset_mechanism='zero', "
+                             "or `--set neuron.reset=hard`) to export to NIR")
     full = partial(np.full, shape, dtype=np.float32)
     if p.decay == 1.0:  # no leak: NIR's IF, dv/dt = r·I, stepped by forward Euler as v ← v + dt·r·I
         return nir.IF(r=full(1.0 / DT), v_threshold=full(p.v_threshold), v_reset=full(p.v_reset))

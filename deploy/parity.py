@@ -9,7 +9,8 @@ mean) computed in any order, with or without FMA, is within γ_n = n·u/(1 − n
 computed per neuron as the same op with |W| on |x|; it also carries the input's own bound through
 |W|. *cascade*: spikes that already differed (upstream, or this layer's own earlier spikes through
 its state) enter as their exact difference |Δs| and go through |W| the same way. The LIF charge
-u_t = λ·v_{t−1} + x_t adds 2·γ₂·(λ|v| + |x|), the soft reset 2·u·|v|.
+u_t = λ·v_{t−1} + x_t adds 2·γ₂·(λ|v| + |x|), the soft reset 2·u·|v|; subtract_next's charge
+(− V_sub·s_{t−1}) adds 2·γ₃·(λ|v| + |x| + V_sub·s_{t−1}) and V_sub where the previous spikes differ.
 
 Verdict at each (layer, step, neuron): a membrane differing by more than its bound is
 *unexplained*; a spike that differs is explained when |u_ref − V_th| is within the bound (a
@@ -256,9 +257,8 @@ class BoundInterpreter(fx.Interpreter):
         for t in range(T):
             x_t = x_seq.map(lambda q: q[t])
             s, v_next, u_value = lif_step(v.value, x_t.value, p)
-            u = Bound(u_value, p.decay * v.rounding + x_t.rounding + 2 * gamma(2) * (p.decay * v.magnitude()
-                                                                                    + x_t.magnitude()),
-                      p.decay * v.cascade + x_t.cascade)
+            before = (spikes[-1], flips[-1]) if t else (torch.zeros_like(s), torch.zeros_like(s))
+            u = charge_bound(p, v, x_t, u_value, *before)
             flip = self.judge(name, t, order, u, s, u_seen[t], s_seen[t], p.v_threshold)
             v = reset_bound(p, u, s, v_next, flip)
             spikes.append(s)
@@ -297,10 +297,25 @@ class BoundInterpreter(fx.Interpreter):
                                     torch.zeros_like(summed))
 
 
+def charge_bound(p: NeuronParams, v: Bound, x: Bound, u: torch.Tensor, fired: torch.Tensor,
+                 flipped: torch.Tensor) -> Bound:
+    """u_t = λ·v_{t−1} + x_t (two terms), and for subtract_next − V_sub·s_{t−1} (three; ``fired`` is
+    the reference's s_{t−1}, ``flipped`` where the graph's differed, and subtracted the other amount)."""
+    rounding = p.decay * v.rounding + x.rounding
+    cascade = p.decay * v.cascade + x.cascade
+    if p.reset != "subtract_next":
+        return Bound(u, rounding + 2 * gamma(2) * (p.decay * v.magnitude() + x.magnitude()), cascade)
+    terms = p.decay * v.magnitude() + x.magnitude() + p.subtracted * fired
+    return Bound(u, rounding + 2 * gamma(3) * terms, cascade + p.subtracted * flipped)
+
+
 def reset_bound(p: NeuronParams, u: Bound, s: torch.Tensor, v_next: torch.Tensor, flip: torch.Tensor) -> Bound:
     """The state after the reset: the soft reset rounds once and moves by V_th where the spikes
-    differ; the hard reset is exact where both sides agree, v_reset against u where they do not."""
+    differ; the hard reset is exact where both sides agree, v_reset against u where they do not;
+    subtract_next keeps u (its next charge subtracts)."""
     bound = u.rounding + u.cascade
+    if p.reset == "subtract_next":
+        return u
     if p.reset == "soft":
         return Bound(v_next, u.rounding + 2 * UNIT_ROUNDOFF * (v_next.abs() + bound + p.v_threshold * flip),
                      u.cascade + p.v_threshold * flip)

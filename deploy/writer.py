@@ -12,9 +12,16 @@ A graph is traced with each LIF layer's membrane and spikes at every step as ext
 that those tensors carry stable names (:func:`~snnkit.deploy.graph.probe_name`) through the
 simplifier; the written file has only its own outputs, and parity exposes the probes again to
 compare them step by step. Every form is checked where it is made.
+
+torch's exporter cannot write an adaptive average pool that enlarges its map (the zoo's VGG pools
+its 1×1 map at 32×32 to 7×7). Where each output side is a multiple k of the input's, every output
+cell's window ``[⌊i/k⌋, ⌈(i+1)/k⌉)`` is the one input cell ``⌊i/k⌋``: the pool replicates, and the
+module traced to ONNX writes it as Unsqueeze + Expand + Reshape (:class:`ReplicatingPool`; the
+parity verdict judges it against the pool itself). Any other size is left to the exporter.
 """
 from __future__ import annotations
 
+import copy
 import io
 import json
 import warnings
@@ -25,6 +32,7 @@ from typing import Optional
 import onnx
 import onnxslim
 import torch
+from torch import nn
 
 from snnkit.errors import SnnkitError
 from snnkit.files import atomic_write
@@ -55,10 +63,56 @@ class ExportResult:
     detail: str = ""  # what the form adds to the one-line summary
 
 
+class ReplicatingPool(nn.Module):
+    """An enlarging adaptive average pool that replicates: each cell repeated ``kh``×``kw`` times."""
+
+    def __init__(self, kh: int, kw: int):
+        super().__init__()
+        self.kh, self.kw = kh, kw
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        tiled = x[..., :, None, :, None].expand(*x.shape[:-2], h, self.kh, w, self.kw)  # [..., h, kh, w, kw]
+        return tiled.flatten(-4, -3).flatten(-2, -1)  # [..., h·kh, w·kw]
+
+
+def replicating_pools(module: nn.Module, example: tuple[torch.Tensor, ...]) -> nn.Module:
+    """A copy of ``module`` with each AdaptiveAvgPool2d that enlarges its map by whole multiples on
+    ``example`` as a :class:`ReplicatingPool` (the module itself when there is none)."""
+    pools = [m for m in module.modules()  # a global pool (to 1×1) never enlarges: no forward for it
+             if type(m) is nn.AdaptiveAvgPool2d and m.output_size not in (1, (1, 1))]
+    seen: dict[nn.Module, tuple[int, int, int, int]] = {}
+
+    def sizes(m: nn.Module, args: tuple, out: torch.Tensor) -> None:  # None: the output stays the pool's
+        seen[m] = (*args[0].shape[-2:], *out.shape[-2:])
+
+    hooks = [p.register_forward_hook(sizes) for p in pools]
+    try:
+        if pools:
+            with torch.no_grad():
+                module(*example)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    factors = {m: (oh // h, ow // w) for m, (h, w, oh, ow) in seen.items()
+               if (oh > h or ow > w) and oh % h == 0 and ow % w == 0}
+    if not factors:
+        return module
+    memo: dict[int, object] = {}
+    copied = copy.deepcopy(module, memo)
+    replaced = {id(memo[id(m)]): k for m, k in factors.items()}
+    for parent in list(copied.modules()):
+        for name, child in list(parent.named_children()):
+            if id(child) in replaced:
+                setattr(parent, name, ReplicatingPool(*replaced[id(child)]))
+    return copied
+
+
 def trace(module: torch.nn.Module, example: tuple[torch.Tensor, ...], opset: int, inputs: dict[str, int],
           outputs: list[str], dynamo: bool = False) -> onnx.ModelProto:
     """The exporter's raw graph. ``inputs`` maps each input name to its batch axis; outputs are
     batch-first. ``dynamo`` selects torch's dynamo exporter instead (only for the comparison in bench/)."""
+    module = replicating_pools(module, example)
     with warnings.catch_warnings():
         for notice in LEGACY_NOTICES:
             warnings.filterwarnings("ignore", message=notice, category=DeprecationWarning)

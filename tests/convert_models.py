@@ -78,6 +78,14 @@ def sj_avgpool_net(num_classes: int = 10) -> nn.Module:
                          layer.AvgPool2d(2), layer.Flatten(), layer.Linear(8 * 8 * 8, num_classes), neuron.IFNode())
 
 
+def upsampling_pool_net(window: int = 8, out: int = 6, num_classes: int = 10) -> nn.Module:
+    """Average pooling by ``window``, then an adaptive pool that enlarges the map to ``out``×``out``
+    (at 16×16 input: 2×2 to 6×6 by default, a replication; 4×4 to 7×7 with window 4, which is not)."""
+    return nn.Sequential(layer.Conv2d(3, 8, 3, padding=1), layer.BatchNorm2d(8), neuron.IFNode(),
+                         layer.AvgPool2d(window), layer.AdaptiveAvgPool2d(out), layer.Flatten(),
+                         layer.Linear(8 * out * out, num_classes), neuron.IFNode())
+
+
 # --- models snnkit must refuse -----------------------------------------------------------------
 
 class SpikeAttention(nn.Module):
@@ -112,8 +120,8 @@ def dropout() -> nn.Module:
     return parametric_lif_net.FashionMNISTNet(channels=4, spiking_neuron=NEURONS["lif"])
 
 
-def snntorch_subtract() -> nn.Module:
-    return snntorch_convnet(reset_mechanism="subtract")
+def snntorch_no_reset() -> nn.Module:
+    return snntorch_convnet(reset_mechanism="none")
 
 
 def snntorch_learn_beta() -> nn.Module:

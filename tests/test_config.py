@@ -39,7 +39,7 @@ def test_resolved_config_round_trips():
     ("optim.epochs=2.5", "optim.epochs expects int, got 2.5"),
     ("method.name=magic", "unknown method 'magic'; choose one of: bptt"),
     ("method.layout=diagonal", "unknown key method.layout for method 'rate_m'; valid keys: name, T, grad_scale, beta, divide_grad_by_T"),
-    ("neuron.reset=medium", "neuron.reset must be one of ['hard', 'soft']"),
+    ("neuron.reset=medium", "neuron.reset must be one of ['hard', 'soft', 'subtract_next']"),
     ("lr", "override 'lr' must look like section.key=value"),
     ("optim=1", "key 'optim' must be section.key"),
 ])

@@ -180,21 +180,24 @@ def test_rate_m_at_T1_equals_bptt(model, kind):
     assert_rate_m_at_T1_is_bptt(original, x, y)
 
 
-SNNTORCH = [(0.5, "atan", 2.0), (0.9, "sigmoid", 4.0), (1.0, "atan", 3.0)]  # β (1: no leak), the surrogate
+# β (1: no leak), the surrogate, the reset (zero: snnkit's hard; subtract: its subtract_next)
+SNNTORCH = [(0.5, "atan", 2.0, "zero"), (0.9, "sigmoid", 4.0, "zero"), (1.0, "atan", 3.0, "zero"),
+            (0.5, "atan", 2.0, "subtract"), (0.9, "sigmoid", 4.0, "subtract"), (1.0, "atan", 3.0, "subtract")]
 
 
-def snntorch_build(beta: float, surrogate_fn: str, sharpness: float) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+def snntorch_build(beta: float, surrogate_fn: str, sharpness: float, reset: str
+                   ) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
-    return (cm.snntorch_convnet(beta, surrogate_fn=surrogate_fn, sharpness=sharpness),
+    return (cm.snntorch_convnet(beta, reset, surrogate_fn=surrogate_fn, sharpness=sharpness),
             torch.rand(T, B, 3, 16, 16) * 2, torch.tensor([1, 7]))
 
 
-@pytest.mark.parametrize("beta,surrogate_fn,sharpness", SNNTORCH)
-def test_snntorch_leaky_convnet(beta, surrogate_fn, sharpness):
+@pytest.mark.parametrize("beta,surrogate_fn,sharpness,reset", SNNTORCH)
+def test_snntorch_leaky_convnet(beta, surrogate_fn, sharpness, reset):
     """snnTorch fires at U > V_th: float32 potentials, where snnkit's threshold is the next float32.
     Its BN sees one step per call: spikes are compared in eval mode, and the gradients with snnkit's
     one-step layout."""
-    original, x, y = snntorch_build(beta, surrogate_fn, sharpness)
+    original, x, y = snntorch_build(beta, surrogate_fn, sharpness, reset)
     net = convert(original)
     with torch.no_grad():
         assert_same_spikes(original.eval(), net.eval(), x)
@@ -215,9 +218,10 @@ ROUND_TRIPS = {  # a model of each family, its neuron kind, how to build it afre
 def trained_and_fresh(model: str) -> tuple[nn.Module, nn.Module, object, torch.Tensor]:
     """The original, a rate_m step of its converted network (weights and BN statistics move on) and
     a freshly built original of the same kind."""
-    if model == "snntorch":
-        original, x, y = snntorch_build(*SNNTORCH[0])
-        fresh = cm.snntorch_convnet()
+    if model.startswith("snntorch_"):
+        reset = model.removeprefix("snntorch_")
+        original, x, y = snntorch_build(0.5, "atan", 2.0, reset)
+        fresh = cm.snntorch_convnet(reset_mechanism=reset)
     else:
         kind, make = ROUND_TRIPS[model]
         original, x, y = build(model, kind)
@@ -228,7 +232,7 @@ def trained_and_fresh(model: str) -> tuple[nn.Module, nn.Module, object, torch.T
     return original, fresh, net, x
 
 
-@pytest.mark.parametrize("model", [*ROUND_TRIPS, "snntorch"])
+@pytest.mark.parametrize("model", [*ROUND_TRIPS, "snntorch_zero", "snntorch_subtract"])
 def test_round_trip_reloads_into_the_original_and_reproduces_it(model):
     original, fresh, net, x = trained_and_fresh(model)
     fresh.load_state_dict(to_original_state_dict(net, fresh), strict=True)
@@ -236,7 +240,7 @@ def test_round_trip_reloads_into_the_original_and_reproduces_it(model):
                                                    to_original_state_dict(net, original).values()))
     moved = [k for k, v in original.state_dict().items() if not torch.equal(v, fresh.state_dict()[k])]
     assert moved, "the training step moved no weight: the round trip would not be tested"
-    train = model != "snntorch"  # batch statistics; snnTorch's BN sees one step per call: its running ones
+    train = not model.startswith("snntorch_")  # batch statistics; snnTorch's BN sees one step per call: its running ones
     with torch.no_grad():
         assert_same_spikes(fresh.train(train), net.train(train), x)
 
@@ -274,8 +278,8 @@ REFUSALS = {
             "fixed decay that rate backprop does not differentiate; build the model with LIFNode(tau=...)",
     "dropout": "conv_fc.9 (Dropout) keeps one dropout mask for all T steps, a state snnkit's layers do not have; "
                "set its p to 0 before converting",
-    "snntorch_subtract": "2 (Leaky) resets by 'subtract': snnTorch subtracts V_th from the next step's charge "
-                         "undecayed, which snnkit's LIF cannot state exactly; use reset_mechanism='zero'",
+    "snntorch_no_reset": "2 (Leaky) resets by 'none', which snnkit does not map; use reset_mechanism='subtract' "
+                         "or 'zero'",
     "snntorch_learn_beta": "2 (Leaky) learns its beta, which snnkit's LIF holds fixed; build it with learn_beta=False",
     "snntorch_synaptic": "2 (Synaptic) keeps a state over time steps and is not a neuron snnkit converts exactly",
     "ms_resnet18": "the forward of the model (MSResNet) cannot be traced with torch.fx (TraceError: symbolically "

@@ -159,7 +159,10 @@ EVERY_ONNX_FORM = [[], ["--form", "streaming"], ["--form", "int8"]]
     ("sew_resnet18", {}, 16, EVERY_ONNX_FORM),
     ("plif_net", {"net": "CIFAR10Net"}, 32, EVERY_ONNX_FORM),
     ("snntorch_convnet", {}, 16, [*EVERY_ONNX_FORM, ["--form", "nir"]]),
+    ("snntorch_convnet", {"reset_mechanism": "subtract"}, 16, EVERY_ONNX_FORM),
     ("sj_avgpool_net", {}, 16, [*EVERY_ONNX_FORM, ["--form", "nir"]]),
+    ("spiking_vgg11_bn", {}, 32, EVERY_ONNX_FORM),  # its AdaptiveAvgPool2d replicates the 1×1 map to 7×7
+    ("upsampling_pool_net", {}, 16, EVERY_ONNX_FORM),  # 2×2 replicated to 6×6
 ])
 def test_train_export_every_form_and_eval_pass(function, kwargs, side, forms, tmp_path):
     """Every ONNX form for each family; NIR where it applies (no max pooling: the avg-pool nets, of
@@ -191,10 +194,11 @@ def test_train_export_every_form_and_eval_pass(function, kwargs, side, forms, tm
 @pytest.mark.slow
 @pytest.mark.parametrize("form", EVERY_ONNX_FORM)
 def test_what_the_exporter_cannot_express_is_one_line(form, tmp_path):
-    """The zoo's VGG pools its 1×1 map at 32×32 to 7×7 (AdaptiveAvgPool2d), which torch's ONNX
-    exporter cannot write (the output size does not divide the input's): one line, exit 2, no file."""
-    name = user("spiking_vgg11_bn")
-    assert runner.invoke(app, train_args(tmp_path, name, cifar_data(32))).exit_code == 0
+    """An AdaptiveAvgPool2d from 4×4 to 7×7 neither divides its input nor replicates it, so torch's
+    ONNX exporter cannot write it: one line, exit 2, no file."""
+    name = user("upsampling_pool_net")
+    assert runner.invoke(app, train_args(tmp_path, name, cifar_data(16), "--set",
+                                         'model.kwargs={"window": 4, "out": 7}')).exit_code == 0
     run = tmp_path / "run"
     before = sorted(p.name for p in run.iterdir())
     result = runner.invoke(app, ["export", str(run), "--model", name, *form])

@@ -202,3 +202,32 @@ def test_event_data_goes_in_time_major_with_a_dynamic_batch(tmp_path):
                                           r"this model's data has 4 frames per sample, so export it at T = 4"):
         export_checkpoint(tmp_path, tmp_path / "t2.onnx", T=2)
 
+
+
+@pytest.mark.parametrize("size,out", [((1, 1), (7, 7)), ((2, 3), (4, 9)), ((3, 3), (6, None)), ((1, 1), 5)])
+def test_an_enlarging_adaptive_pool_that_replicates_is_written_as_a_replication(size, out):
+    """Each output side a multiple of the input's: every window is one input cell, so the ONNX graph
+    (no AveragePool, which the exporter cannot size) equals the pool exactly."""
+    import onnxruntime as ort
+
+    from snnkit.deploy.writer import ReplicatingPool, replicating_pools, trace
+
+    pool = nn.Sequential(nn.AdaptiveAvgPool2d(out), nn.Flatten())  # a layer after it sees the pool's output
+    x = torch.randn(2, 3, *size)
+    assert isinstance(replicating_pools(pool, (x,))[0], ReplicatingPool)
+    assert type(pool[0]) is nn.AdaptiveAvgPool2d  # a copy: the model itself is untouched
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no tracer warning: the factors are plain integers
+        graph = trace(pool, (x,), 17, {"input": 0}, ["output"])
+    assert "AveragePool" not in {n.op_type for n in graph.graph.node}
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    for batch in (x, torch.randn(5, 3, *size)):  # the batch stays dynamic
+        (y,) = session.run(None, {"input": batch.numpy()})
+        np.testing.assert_array_equal(y, pool(batch).numpy())
+
+
+def test_an_adaptive_pool_that_does_not_replicate_is_left_to_the_exporter():
+    from snnkit.deploy.writer import ExportUnsupported, trace
+
+    with pytest.raises(ExportUnsupported, match="adaptive_avg_pool2d"):
+        trace(nn.AdaptiveAvgPool2d(7), (torch.randn(2, 3, 4, 4),), 17, {"input": 0}, ["output"])

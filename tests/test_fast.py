@@ -16,7 +16,7 @@ from spike_pass_bound import assert_rate_and_eligibility, assert_spike_pass
 
 NEURONS = [
     NeuronParams(reset=reset, detach_reset=detach, v_reset=v_reset)
-    for reset, v_reset in (("soft", 0.0), ("hard", 0.0), ("hard", -0.3))
+    for reset, v_reset in (("soft", 0.0), ("hard", 0.0), ("hard", -0.3), ("subtract_next", 0.0))
     for detach in (True, False)
 ]
 

@@ -40,6 +40,33 @@ def test_hard_reset_recurrence_by_hand():
     assert (s.item(), v.item()) == (1.0, -0.5) and u.item() == pytest.approx(1.08)
 
 
+def test_subtract_next_recurrence_by_hand():
+    # snnTorch's subtract: u_t = λ·u_{t−1} + x_t − V_sub·s_{t−1}, V_sub after the decay; λ = 0.5,
+    # V_th = 1, V_sub = 0.75, x = 0.8: u1 = 0.8; u2 = 0.4 + 0.8 = 1.2 (spike); u3 = 0.6 + 0.8 − 0.75
+    # = 0.65; u4 = 0.325 + 0.8 = 1.125 (spike). The state is u itself.
+    p = NeuronParams(decay=0.5, reset="subtract_next", v_subtract=0.75)
+    x = torch.full((4, 1), 0.8, dtype=torch.float64)
+    assert lif_multistep(x, p).flatten().tolist() == [0, 1, 0, 1]
+    v, us = 0.0, []
+    for x_t in x:
+        s, v, u = lif_step(v, x_t, p)
+        assert torch.equal(v, u)
+        us.append(u.item())
+    assert us == pytest.approx([0.8, 1.2, 0.65, 1.125], abs=1e-12)
+    assert NeuronParams(reset="subtract_next", v_threshold=0.5).subtracted == 0.5  # V_sub defaults to V_th
+
+
+def test_subtract_next_reset_gradient_flows_unless_detached():
+    """∂u_2/∂u_1 = λ − V_sub·σ'(u_1 − V_th) with the reset attached, λ when detached."""
+    for detach, expected in ((True, 0.5), (False, 0.5 - 0.75 * 1.0)):  # σ'(0) = 1 at α = 4
+        p = NeuronParams(decay=0.5, reset="subtract_next", v_subtract=0.75, detach_reset=detach)
+        x1 = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+        _, v, _ = lif_step(0.0, x1, p, p.make_surrogate().spike)
+        _, _, u2 = lif_step(v, torch.zeros(1, dtype=torch.float64), p, p.make_surrogate().spike)
+        (grad,) = torch.autograd.grad(u2.sum(), x1)
+        assert grad.item() == pytest.approx(expected, abs=1e-12)
+
+
 def test_eligibility_by_hand_soft_detached():
     # g = (1/T) Σ σ'(u_t − 1)·ρ_t with ρ_t = 1 + λ + … + λ^{t−1}
     p = NeuronParams()
@@ -105,3 +132,5 @@ def test_invalid_neuron_parameters_name_the_choices():
         NeuronParams(reset="medium")
     with pytest.raises(ValueError, match=r"neuron.decay must be in \[0, 1\]"):
         NeuronParams(decay=1.5)
+    with pytest.raises(ValueError, match="neuron.v_subtract is the positive amount reset=subtract_next subtracts"):
+        NeuronParams(v_subtract=0.5)

@@ -35,6 +35,17 @@ def hard_reset_checkpoint(name: str, decay: float = 0.2, tie_free: bool = True) 
     return ckpt
 
 
+def test_subtract_next_is_refused_in_one_sentence(tmp_path):
+    """NIR resets to v_reset; snnTorch's subtract (snnkit's subtract_next) has no NIR form."""
+    _, ckpt = model_and_checkpoint("digits_convnet")
+    ckpt["model"]["neuron"].update(reset="subtract_next")
+    atomic_save(ckpt, tmp_path / "checkpoint.pt")
+    with pytest.raises(NirUnsupported, match=r"^NIR's LIF resets to v_reset after a spike and cannot express "
+                                             r"snnkit's subtract_next reset \(snnTorch's subtract\); use the hard reset"):
+        export_checkpoint(tmp_path, form="nir")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
 @pytest.mark.parametrize("name", MODELS.names())
 def test_every_model_is_written_with_the_stated_lif_mapping_or_refused(tmp_path, name):
     ckpt = hard_reset_checkpoint(name, decay=0.5)

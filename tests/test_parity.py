@@ -90,10 +90,13 @@ def test_every_model_passes_parity_at_every_T_input_kind_and_optimisation_level(
 
 
 @pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("reset,form", [("hard", "unrolled"), ("subtract_next", "unrolled"),
+                                        ("subtract_next", "streaming")])
 @pytest.mark.parametrize("name", MODELS.names())
-def test_every_model_passes_parity_with_a_hard_reset(exports, name, level):
-    net, path = exports(name, 4, "static", reset="hard")
-    assert all(m.neuron.reset == "hard" for m in net.modules() if isinstance(m, LIF))
+def test_every_model_passes_parity_with_the_other_resets(exports, name, reset, form, level):
+    """The hard reset, and subtract_next (snnTorch's subtract: its state is the unreset potential)."""
+    net, path = exports(name, 4, "static", form, reset=reset)
+    assert all(m.neuron.reset == reset for m in net.modules() if isinstance(m, LIF))
     checked = judge(net, path, 4, "static", inputs(name, 4, "static"), level)
     assert checked.verdict.passed, checked.verdict.first_unexplained.describe()
     assert (checked.graph.spike_counts.sum(0) > 0).all(), "every layer should fire, or the check is empty"

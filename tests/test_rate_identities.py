@@ -12,7 +12,7 @@ from snnkit.methods.rate.eligibility import lif_multistep_record
 from snnkit.neuron import NeuronParams, lif_multistep
 from snnkit.spiking import spiking_layers
 
-RESET_MODES = [("soft", True), ("soft", False), ("hard", True), ("hard", False)]
+RESET_MODES = [(reset, detach) for reset in ("soft", "hard", "subtract_next") for detach in (True, False)]
 
 
 def digits_net(dtype=torch.float32, **neuron):

@@ -117,9 +117,10 @@ class SingleStep(Mode):
 
 
 def spikingjelly_applies(x_seq: torch.Tensor, p: NeuronParams) -> bool:
-    """SpikingJelly's fused LIF serves BPTT on CUDA for the sigmoid surrogate and 0 < λ < 1 (1 < τ < ∞).
-    On CPU its loop measured slower than the reference loop, so the reference runs there."""
-    return x_seq.is_cuda and p.surrogate == "sigmoid" and 0 < p.decay < 1
+    """SpikingJelly's fused LIF serves BPTT on CUDA for the sigmoid surrogate, 0 < λ < 1 (1 < τ < ∞)
+    and the soft or hard reset (it has no subtract_next). On CPU its loop measured slower than the
+    reference loop, so the reference runs there."""
+    return x_seq.is_cuda and p.surrogate == "sigmoid" and 0 < p.decay < 1 and p.reset in ("soft", "hard")
 
 
 def spikingjelly_multistep(x_seq: torch.Tensor, p: NeuronParams) -> torch.Tensor:

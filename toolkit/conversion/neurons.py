@@ -17,14 +17,16 @@ SpikingJelly (its ``H[t]`` is snnkit's ``u_t``; it fires at ``H ≥ V_th``, as s
 - ``detach_reset`` and the surrogate (``Sigmoid(α)``, ``ATan(α)``) carry over.
 - ``ParametricLIFNode`` learns τ, which snnkit's LIF holds fixed: refused.
 
-snnTorch ``Leaky(beta, threshold, reset_mechanism="zero")`` in an ``nn.Sequential``
-(``init_hidden=True``): ``U_t = β·(1 − S_{t−1})·U_{t−1} + X_t`` with its reset detached is snnkit's
-hard reset to 0 with λ = β; it fires at ``U > V_th``, which for float32 potentials is ``U ≥ V_th⁺``
-with ``V_th⁺`` the next float32 above ``V_th``, the threshold snnkit is given. Its surrogates are
-``atan(α)`` (snnkit's atan) and ``sigmoid(slope)`` (snnkit's sigmoid with α = slope). Its subtract
-reset removes ``V_th`` from the next step's charge undecayed (``U_t = β·U_{t−1} + X_t − V_th·S_{t−1}``),
-which snnkit's reset (``V_th`` subtracted before the decay) cannot state for β < 1, nor at β = 1
-with the shifted threshold: it is refused.
+snnTorch ``Leaky(beta, threshold)`` in an ``nn.Sequential`` (``init_hidden=True``), its reset
+always detached, λ = β; it fires at ``U > V_th``, which for float32 potentials is ``U ≥ V_th⁺``
+with ``V_th⁺`` the next float32 above ``V_th``, the threshold snnkit is given:
+
+- ``reset_mechanism="zero"``: ``U_t = β·(1 − S_{t−1})·U_{t−1} + X_t`` is snnkit's hard reset to 0;
+- ``reset_mechanism="subtract"`` (its default): ``U_t = β·U_{t−1} + X_t − V_th·S_{t−1}``, ``V_th``
+  taken from the next step's charge after its decay, is snnkit's ``subtract_next`` with
+  ``V_sub = V_th`` (not ``V_th⁺``), in snnTorch's order of operations.
+
+Its surrogates are ``atan(α)`` (snnkit's atan) and ``sigmoid(slope)`` (snnkit's sigmoid with α = slope).
 """
 from __future__ import annotations
 
@@ -111,11 +113,13 @@ def scalar(path: str, m: nn.Module, name: str) -> float:
     return float(t)
 
 
+SNNTORCH_RESETS = {"zero": "hard", "subtract": "subtract_next"}
+
+
 def snntorch_leaky(path: str, m: nn.Module) -> NeuronParams:
-    if m.reset_mechanism != "zero":
-        raise refuse(path, m, f"resets by {m.reset_mechanism!r}: snnTorch subtracts V_th from the next step's "
-                              "charge undecayed, which snnkit's LIF cannot state exactly; use "
-                              "reset_mechanism='zero' (snnkit's hard reset)")
+    if m.reset_mechanism not in SNNTORCH_RESETS:
+        raise refuse(path, m, f"resets by {m.reset_mechanism!r}, which snnkit does not map; use "
+                              "reset_mechanism='subtract' or 'zero'")
     unsupported = [what for what, on in (("init_hidden=False (it must sit in an nn.Sequential)", not m.init_hidden),
                                          ("output=True", m.output), ("inhibition", m.inhibition),
                                          ("state_quant", bool(m.state_quant)), ("reset_delay=False", not m.reset_delay))
@@ -128,7 +132,9 @@ def snntorch_leaky(path: str, m: nn.Module) -> NeuronParams:
     threshold = scalar(path, m, "threshold")
     surrogate, alpha = snntorch_surrogate(path, m)
     strict = float(np.nextafter(np.float32(threshold), np.float32(math.inf)))  # U > V_th as U ≥ V_th⁺
-    return NeuronParams(decay=beta, v_threshold=strict, reset="hard", v_reset=0.0, detach_reset=True,
+    reset = SNNTORCH_RESETS[m.reset_mechanism]
+    return NeuronParams(decay=beta, v_threshold=strict, reset=reset, v_reset=0.0,
+                        v_subtract=threshold if reset == "subtract_next" else None, detach_reset=True,
                         surrogate=surrogate, alpha=alpha)
 
 

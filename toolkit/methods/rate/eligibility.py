@@ -27,7 +27,11 @@ def _kappa_hard(u, s, sg, p):
     return p.decay * ((1.0 - s) + (p.v_reset - u) * sg)
 
 
-KAPPAS = {"soft": _kappa_soft, "hard": _kappa_hard}
+def _kappa_subtract_next(u, s, sg, p):
+    return p.decay if p.detach_reset else p.decay - p.subtracted * sg
+
+
+KAPPAS = {"soft": _kappa_soft, "hard": _kappa_hard, "subtract_next": _kappa_subtract_next}
 
 
 class RateSums:

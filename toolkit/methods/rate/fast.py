@@ -5,8 +5,8 @@ the pure-function path and tested against this one): the same spikes bit for bit
 and the eligibility g = (1/T) Σ_t σ'(u_t − V_th)·ρ_t up to float rounding. It is faster because
 each step works in a few preallocated buffers (no temporaries), computes u − V_th once for both the
 spike and the surrogate, folds α and a scalar ρ_t into one scaled accumulation, and keeps ρ_t a
-Python float where it is the same for every neuron (soft reset with the reset detached:
-ρ_t = 1 + λ + … + λ^{t−1}, docs/spec/rate_backprop.md §2.1).
+Python float where it is the same for every neuron (soft or subtract_next reset with the reset
+detached: ρ_t = 1 + λ + … + λ^{t−1}, docs/spec/rate_backprop.md §2.1).
 
 rate_M's spike pass goes through a :class:`MultistepRecorder` (the method owns one), which picks the fused form of the
 same loop where there is one: the Triton kernel of :mod:`.triton_lif` on CUDA, and on CPU
@@ -38,6 +38,7 @@ class FastSpikePass(RateSums):
         self.d = torch.empty_like(x)  # u_t − V_th
         self.sg = torch.empty_like(x)  # σ'(u_t − V_th) / scale
         self.tmp = torch.empty_like(x)
+        self.fired = torch.zeros_like(x)  # s_{t−1}, which subtract_next takes from the charge
         self.spike_sum = torch.zeros_like(x)
         self.elig_sum = torch.zeros_like(x)
 
@@ -58,6 +59,8 @@ class FastSpikePass(RateSums):
         if self.steps == 0:
             self._start(x)
         u = self.v.mul_(p.decay).add_(x)  # charge in place: v now holds u_t
+        if p.reset == "subtract_next":
+            u.sub_(self.fired, alpha=p.subtracted)
         torch.sub(u, p.v_threshold, out=self.d)
         s = torch.ge(self.d, 0.0, out=out if out is not None else torch.empty_like(x))
         self.spike_sum.add_(s)
@@ -69,18 +72,22 @@ class FastSpikePass(RateSums):
         self._advance_rho(u, s, scale)
         if p.reset == "soft":
             u.sub_(s, alpha=p.v_threshold)
-        else:
+        elif p.reset == "hard":
             u.masked_fill_(s.bool(), p.v_reset)
+        else:
+            self.fired.copy_(s)
         self.steps += 1
         return s
 
     def _advance_rho(self, u: torch.Tensor, s: torch.Tensor, scale: float) -> None:
         """ρ_{t+1} = 1 + κ_t·ρ_t with κ_t of docs/spec/rate_backprop.md §2.1; ``self.sg``·scale is σ'."""
         p = self.p
-        if p.reset == "soft" and p.detach_reset:
+        if p.reset in ("soft", "subtract_next") and p.detach_reset:
             self.rho = 1.0 + p.decay * self.rho
             return
-        if p.reset == "soft":  # κ = λ·(1 − V_th·σ')
+        if p.reset == "subtract_next":  # κ = λ − V_sub·σ'
+            kappa = torch.mul(self.sg, -p.subtracted * scale, out=self.tmp).add_(p.decay)
+        elif p.reset == "soft":  # κ = λ·(1 − V_th·σ')
             kappa = torch.mul(self.sg, -p.v_threshold * scale, out=self.tmp).add_(1.0).mul_(p.decay)
         elif p.detach_reset:  # κ = λ·(1 − s)
             kappa = torch.neg(s, out=self.tmp).add_(1.0).mul_(p.decay)
