@@ -165,17 +165,30 @@ def plot_png(results: list[dict], title: str) -> bytes:
     return buf.getvalue()
 
 
-def parse_rows(args) -> list[Row]:
-    """One :class:`Row` per entry of ``--methods``, each checked to resolve to a valid config."""
-    labels = args.methods.split(",") if args.methods else METHODS.names()
-    recipe = resolve_config(args.recipe)
-    epochs = args.epochs or recipe.optim.epochs
-    group = f"{recipe.recipe}-{epochs}ep" + (f"-n{args.train_subset}" if args.train_subset else "")
-    rows = [Row(label, args.recipe, epochs, args.train_subset, args.out / "accuracy" / group, tuple(args.set))
-            for label in labels]
+def make_rows(labels: list[str], recipe: str, recipe_name: str, epochs: int, train_subset: int | None,
+              out: Path, shared: tuple[str, ...]) -> list[Row]:
+    """One :class:`Row` per label in the group folder its budget names, each checked to resolve to a
+    valid config (an unknown method or key stops here, with the valid choices)."""
+    group = f"{recipe_name}-{epochs}ep" + (f"-n{train_subset}" if train_subset else "")
+    rows = [Row(label, recipe, epochs, train_subset, out / "accuracy" / group, shared) for label in labels]
     for row in rows:
-        row.config()  # an unknown method or key stops here, with the valid choices
+        row.config()
     return rows
+
+
+def parse_rows(args) -> list[Row]:
+    """The rows of ``--methods`` (default: every registered method)."""
+    recipe = resolve_config(args.recipe)
+    return make_rows(args.methods.split(",") if args.methods else METHODS.names(), args.recipe, recipe.recipe,
+                     args.epochs or recipe.optim.epochs, args.train_subset, args.out, tuple(args.set))
+
+
+def train_unfinished(rows: list[Row]) -> None:
+    """Train every row not finished, continuing an interrupted one from its checkpoint."""
+    for row in rows:
+        if summary(row) is None:
+            log.info("%s: %s", row.label, "continuing" if (row.run_dir / CHECKPOINT_NAME).is_file() else "training")
+            launch(row)
 
 
 def main(argv=None) -> None:
@@ -199,10 +212,7 @@ def main(argv=None) -> None:
         rows = parse_rows(args)
     except SnnkitError as e:
         parser.error(str(e))
-    for row in rows:
-        if summary(row) is None:
-            log.info("%s: %s", row.label, "continuing" if (row.run_dir / CHECKPOINT_NAME).is_file() else "training")
-            launch(row)
+    train_unfinished(rows)
     results = [s for s in map(summary, rows) if s is not None]
     unfinished = [row.label for row in rows if summary(row) is None]
     group = rows[0].group_dir.name

@@ -60,21 +60,13 @@ def cost(args, model: tuple[str, float, int], Ts: list[int], methods: list[str])
 
 
 def accuracy_rows(args, Ts: list[int], methods: list[str]) -> list[accuracy.Row]:
-    group = f"{args.recipe_name}-{args.epochs}ep" + (f"-n{args.train_subset}" if args.train_subset else "")
-    rows = [accuracy.Row(f"{m}@method.T={T}", args.recipe, args.epochs, args.train_subset,
-                         args.out / "accuracy" / group, tuple(args.set)) for m in methods for T in Ts]
-    for row in rows:
-        row.config()  # an unknown method or key stops here, with the valid choices
-    return rows
+    return accuracy.make_rows([f"{m}@method.T={T}" for m in methods for T in Ts], args.recipe, args.recipe_name,
+                              args.epochs, args.train_subset, args.out, tuple(args.set))
 
 
 def trained(rows: list[accuracy.Row]) -> list[dict]:
-    """Each row's summary, training the ones not finished (continuing an interrupted one)."""
-    for row in rows:
-        if accuracy.summary(row) is None:
-            log.info("%s: %s", row.label, "continuing" if (row.run_dir / accuracy.CHECKPOINT_NAME).is_file()
-                     else "training")
-            accuracy.launch(row)
+    """Each row's summary with its method and T, training the ones not finished."""
+    accuracy.train_unfinished(rows)
     out = []
     for row in rows:
         s = accuracy.summary(row)

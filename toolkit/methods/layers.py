@@ -78,7 +78,6 @@ def next_lif(body: nn.Module) -> dict[nn.Module, Optional[LIF]]:
     return following
 
 
-
 def input_layers(body: nn.Module) -> list[nn.Module]:
     """The conv/linear layers registered before the first LIF: the ones that see the raw input."""
     before = []
