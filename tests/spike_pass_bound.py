@@ -13,7 +13,8 @@ in float64 from the same membranes, with u = 2⁻²⁴ for float32 (2⁻⁵³ fo
   and z itself off by 2·u·|z|, so |Δσ| ≤ σ·((1 − σ)·(8 + 3|z|)·u + 5u), and
   |Δσ'| ≤ α·(|Δσ|·(1 + |Δσ|) + 3u·σ(1 − σ)) (1 − σ, the product and ×α each round once);
 - ρ_{t+1} = 1 + κ_t·ρ_t with κ = λ·(a + b·σ'): |Δκ| ≤ λ·|b|·|Δσ'| + 5u·λ·(|a| + B·σ') (B bounds |b|
-  and its float32 inputs; the five roundings: b, b·σ', the sum, ×λ and λ itself), and
+  and its float32 inputs; the five roundings: b, b·σ', the sum, ×λ and λ itself); subtract_next's
+  κ = λ − b·σ' in the same way, |Δκ| ≤ b·|Δσ'| + 5u·(λ + b·σ'); and
   |Δρ_{t+1}| ≤ |κ|·|Δρ_t| + |Δκ|·ρ_t + u·(|κ|·ρ_t + 1 + |κ|·ρ_t);
 - the T products (each with a scale rounded first) and sums: γ_{T+2}·Σ_t σ'_t·ρ_t, and the
   division by T: u·|g|.
@@ -51,14 +52,22 @@ def triangle_error(d: torch.Tensor, alpha: float, u: float) -> tuple[torch.Tenso
 SURROGATE_ERRORS = {"sigmoid": sigmoid_error, "triangle": triangle_error}
 
 
-def kappa_terms(p: NeuronParams, u: torch.Tensor, s: torch.Tensor) -> tuple:
-    """κ = λ·(a + b·σ'), and B ≥ |b| including b's inputs, per reset mode."""
+def kappa_with_bound(p: NeuronParams, u: torch.Tensor, s: torch.Tensor, sg: torch.Tensor, dsg: torch.Tensor,
+                     u_r: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """κ_t = ∂u_{t+1}/∂u_t and the bound on a float pass's |Δκ|: λ·(a + b·σ') for the soft and hard
+    resets, λ − b·σ' for subtract_next (b = V_sub attached, 0 detached), with B ≥ |b| and its inputs
+    and the five roundings (b, b·σ', the sum, ×λ or the scale, λ itself)."""
+    if p.reset == "subtract_next":
+        b = 0.0 if p.detach_reset else p.subtracted
+        return p.decay - b * sg, b * dsg + 5 * u_r * (p.decay + b * (sg + dsg))
     a = torch.ones_like(u) if p.reset == "soft" else 1 - s
     if p.detach_reset:
-        return a, torch.zeros_like(u), torch.zeros_like(u)
-    if p.reset == "soft":
-        return a, torch.full_like(u, -p.v_threshold), torch.full_like(u, p.v_threshold)
-    return a, p.v_reset - u, abs(p.v_reset) + u.abs()
+        b = B = torch.zeros_like(u)
+    elif p.reset == "soft":
+        b, B = torch.full_like(u, -p.v_threshold), torch.full_like(u, p.v_threshold)
+    else:
+        b, B = p.v_reset - u, abs(p.v_reset) + u.abs()
+    return p.decay * (a + b * sg), p.decay * (b.abs() * dsg + 5 * u_r * (a.abs() + B * (sg + dsg)))
 
 
 @torch.no_grad()
@@ -78,9 +87,7 @@ def reference_with_bound(x_seq: torch.Tensor, p: NeuronParams, surrogate: Surrog
         elig = elig + sg * rho
         elig_err = elig_err + dsg * (rho + drho) + (sg + dsg) * drho
         elig_abs = elig_abs + (sg + dsg) * (rho + drho)
-        a, b, B = kappa_terms(p, u64, s64)
-        kappa = p.decay * (a + b * sg)
-        dkappa = p.decay * (b.abs() * dsg + 5 * u_r * (a.abs() + B * (sg + dsg)))
+        kappa, dkappa = kappa_with_bound(p, u64, s64, sg, dsg, u_r)
         kr = (kappa.abs() + dkappa) * (rho + drho)
         rho, drho = 1 + kappa * rho, kappa.abs() * drho + dkappa * rho + u_r * (2 * kr + 1)
     g = elig / T
