@@ -60,7 +60,7 @@ def test_train_writes_a_run_directory(tmp_path):
     assert sorted(p.name for p in run.iterdir()) == [".lock", "best.pt", "checkpoint.pt", "config.yaml", "curves.png",
                                                      "metrics.jsonl", "results.json"]
     results = json.loads((run / "results.json").read_text())
-    assert results["neuron"] == {"decay": 0.2, "v_threshold": 1.0, "reset": "soft", "v_reset": 0.0,
+    assert results["neuron"] == {"decay": 0.2, "v_threshold": 1.0, "reset": "soft", "v_reset": 0.0, "v_subtract": None,
                                  "detach_reset": True, "surrogate": "sigmoid", "alpha": 4.0}
     assert (tmp_path / "latest").resolve() == run.resolve()
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
