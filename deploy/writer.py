@@ -71,8 +71,8 @@ class ReplicatingPool(nn.Module):
         self.kh, self.kw = kh, kw
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        tiled = x[..., :, None, :, None].expand(*x.shape[:-2], h, self.kh, w, self.kw)  # [..., h, kh, w, kw]
+        cells = x[..., :, None, :, None]  # [..., h, 1, w, 1]
+        tiled = cells.expand(*[-1] * (cells.dim() - 3), self.kh, -1, self.kw)  # [..., h, kh, w, kw]; -1: no size traced
         return tiled.flatten(-4, -3).flatten(-2, -1)  # [..., h·kh, w·kw]
 
 
