@@ -147,6 +147,7 @@ def test_sew_residual_addition_counts_both_spike_trains():
     assert (conv["fed_by"], conv["sources"]) == (COUNTS, ("lif1 (0)", "lif3 (1.residual.1.2)"))
     total = spikes["0"] + spikes["1.residual.1.2"]
     assert (total == 2).any() and (total == 1).any()
+    # float64: integer counts summed exactly, a few roundings on each side (≲ 1e-15), far below 1e-12
     assert conv["acs_per_sample"] == pytest.approx(by_hand(total, fans(6), fans(6), 3, batch), rel=1e-12)
     assert layer(report, "1.residual.0.0")["acs_per_sample"] == pytest.approx(
         by_hand(spikes["0"], fans(6), fans(6), 2, batch), rel=1e-12)
@@ -163,6 +164,7 @@ def test_preactivation_block_spike_fed_convs_and_analog_stream():
     topo, report, spikes = run(body, 3 * torch.rand(batch, 1, 4, 4))
     fed = {s.name: s.fed_by for s in topo.synaptic}
     assert fed == {"0": ANALOG, "1.residual.1": SPIKES, "1.residual.4": SPIKES, "1.shortcut.0": ANALOG, "3": ANALOG}
+    # float64: integer counts summed exactly, a few roundings on each side (≲ 1e-15), far below 1e-12
     assert layer(report, "1.residual.1")["acs_per_sample"] == pytest.approx(
         by_hand(spikes["1.residual.0"], fans(4, stride=2), fans(4, stride=2), 4, batch), rel=1e-12)
     assert layer(report, "1.residual.4")["acs_per_sample"] == pytest.approx(
@@ -171,6 +173,7 @@ def test_preactivation_block_spike_fed_convs_and_analog_stream():
     assert [(r["macs_per_sample"], r["ann_macs"]) for r in analog] == [(T * 200, 200), (T * 32, 32), (T * 48, 48)]
     e_ac, e_mac = 0.9, 4.6
     energy = report["energy"]["fp32"]
+    # float64 sums of two products: ≲ 1e-15 relative, far below approx's 1e-6
     assert energy["snn_pj"] == pytest.approx(e_ac * report["acs_per_sample"] + e_mac * report["macs_per_sample"])
     assert energy["ann_pj"] == pytest.approx(e_mac * report["ann_macs_per_sample"])
     assert report["neuron_updates_per_sample"] == T * (2 * 4 * 4 + 4 * 2 * 2)
@@ -243,6 +246,7 @@ def test_the_picture_keeps_accumulates_and_macs_apart():
     assert [w for w, r in zip(widths, report["synaptic_layers"]) if r["fed_by"] == ANALOG] == [0.0, 0.0, 0.0]
     assert ac_ax.get_xlabel() == "accumulates per sample" and energy_ax.get_xscale() == "log"
     snn, ann = (np.asarray(c.get_offsets())[:, 0] for c in energy_ax.collections[1:])
+    # the plotted float64 numbers, or one product of them (≲ 1e-16 relative), far below assert_allclose's 1e-7
     np.testing.assert_allclose(snn, [r["energy_pj"]["fp32"] for r in report["synaptic_layers"]])
     np.testing.assert_allclose(ann, [4.6 * r["ann_macs"] for r in report["synaptic_layers"]])
 
@@ -257,6 +261,7 @@ def test_the_int8_graphs_picture_says_so_prices_int8_and_shows_both_points_of_ev
     assert fig._suptitle.get_text().startswith("test on hand, int8 graph, T = 4: energy per sample SNN ")
     assert "int8, 45 nm" in energy_ax.get_xlabel()
     snn, ann = (np.asarray(c.get_offsets()) for c in energy_ax.collections[1:])
+    # the plotted float64 numbers, or one product of them (≲ 1e-16 relative), far below assert_allclose's 1e-7
     np.testing.assert_allclose(snn[:, 0], [r["energy_pj"]["int8"] for r in report["synaptic_layers"]])
     np.testing.assert_allclose(ann[:, 0], [0.23 * r["ann_macs"] for r in report["synaptic_layers"]])
     assert (snn[:, 1] < ann[:, 1]).all()  # the SNN point above, the ANN point below, on every row

@@ -38,12 +38,16 @@ def test_idx_reads_gz_and_plain_files_and_normalises_with_train_statistics(idx_r
     b = load_dataset(name, str(root))
     train_pixels = arrays["train-images-idx3-ubyte.gz"].astype(np.float64) / 255
     mean, std = b.normalization["mean"][0], b.normalization["std"][0]
-    assert mean == pytest.approx(train_pixels.mean(), abs=1e-6)
-    assert std == pytest.approx(train_pixels.std(ddof=1), abs=1e-6)
+    # exact integer sums against NumPy's float64: ≲ n·2⁻⁵³ ≈ 1e-12 relative for these n ≈ 10⁴ pixels
+    assert mean == pytest.approx(train_pixels.mean(), rel=1e-9)
+    assert std == pytest.approx(train_pixels.std(ddof=1), rel=1e-9)
     assert (len(b.train), len(b.test), b.input_shape, b.num_classes) == (12, 5, (1, 28, 28), 10)
     x, y = b.test[2]
     assert y == 4 and type(x) is torch.Tensor
-    torch.testing.assert_close(x, normalized(arrays["t10k-images-idx3-ubyte"][2][None], [mean], [std]))
+    # two float32 evaluations of (p/255 − mean)/std, p/255 ≤ 1: each ≤ 4 roundings of values ≤ 1 + mean, over std
+    bound = 4 * torch.finfo(torch.float32).eps * (1 + mean) / std
+    torch.testing.assert_close(x, normalized(arrays["t10k-images-idx3-ubyte"][2][None], [mean], [std]),
+                               rtol=0, atol=bound)
 
 
 def test_idx_errors_name_the_missing_or_broken_file(idx_root):

@@ -7,7 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import onnx
 import pytest
 import torch
@@ -46,11 +45,15 @@ def test_export_then_eval_onnx_reports_parity_and_writes_the_report(run):
     report = json.loads(Path("report/efficiency.json").read_text())
     parity = report["parity"]
     assert parity["passed"] and parity["verdict"]["unexplained"] == 0 and parity["T"] == 4
-    # 360 samples × (8·8·8 + 16·8·8 + 32·4·4 neurons at width 0.25) × 4 steps; dyadic weights: no flip
-    assert parity["verdict"]["spikes_compared"] == 360 * (512 + 1024 + 512) * 4
-    assert parity["verdict"]["rounding_flips"] == parity["verdict"]["cascade_flips"] == 0
-    assert parity["outputs"]["spike_count_identity"] == 1.0 and parity["outputs"]["logits_max_abs_diff"] <= 1e-5
-    assert parity["outputs"]["accuracy_a"] == parity["outputs"]["accuracy_b"] == report["accuracy"]
+    # 360 samples × (8·8·8 + 16·8·8 + 32·4·4 neurons at width 0.25) × 4 steps
+    verdict, outputs = parity["verdict"], parity["outputs"]
+    assert verdict["spikes_compared"] == 360 * (512 + 1024 + 512) * 4
+    # the weights are dyadic but the normalised digits are not, so the first conv rounds on each side and
+    # a flip at the threshold is possible (explained, and judged with the logits by the verdict); without
+    # one the counts agree, and each changed prediction moves an accuracy (a float64 k/N) by 1/N
+    assert verdict["rounding_flips"] + verdict["cascade_flips"] > 0 or outputs["spike_count_identity"] == 1.0
+    assert abs(outputs["accuracy_a"] - outputs["accuracy_b"]) <= 1 - outputs["prediction_agreement"] + 2.0 ** -50
+    assert outputs["accuracy_b"] == report["accuracy"]  # the graph's accuracy, the same number
     eff = report["efficiency"]
     assert [r["name"] for r in eff["spiking_layers"]] == ["0.2", "1.2", "3.2"]
     assert eff["samples"] == 360 and eff["energy"]["fp32"]["snn_pj"] > 0
@@ -243,7 +246,10 @@ def test_quickstart_chain_train_export_eval(tmp_path, monkeypatch):
     parity = json.loads(Path("report/efficiency.json").read_text())["parity"]
     assert parity["passed"] and parity["verdict"]["unexplained"] == 0
     outputs = parity["outputs"]
-    assert outputs["accuracy_b"] > 0.5 and np.isclose(outputs["accuracy_a"], outputs["accuracy_b"])
+    # a passing verdict still lets explained flips change a prediction, and each changed one moves an
+    # accuracy by 1/N; the fractions are float64 quotients, rounded by ≤ 2⁻⁵³ each
+    assert outputs["accuracy_b"] > 0.5
+    assert abs(outputs["accuracy_a"] - outputs["accuracy_b"]) <= 1 - outputs["prediction_agreement"] + 2.0 ** -50
     folding = json.loads(Path("report/efficiency.json").read_text())["bn_folding"]
     assert folding["spike_count_identity"] >= 0.99  # BN folding's own float32 effect, measured
     assert "BN folding alone" in result.output

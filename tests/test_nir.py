@@ -60,9 +60,8 @@ def test_every_model_is_written_with_the_stated_lif_mapping_or_refused(tmp_path,
     net = model_from_checkpoint(ckpt)
     lifs = {k: v for k, v in graph.nodes.items() if isinstance(v, nir.LIF)}
     assert sorted(lifs) == sorted(net.layer_names()) and result.layers == len(lifs)
-    for node in lifs.values():  # λ = 0.5, V_th = 1, v_reset = 0: τ = 2·dt, r = 2
-        np.testing.assert_allclose(node.tau, 2 * DT, rtol=1e-6)
-        np.testing.assert_allclose(node.r, 2.0, rtol=1e-6)
+    for node in lifs.values():  # λ = 0.5, V_th = 1, v_reset = 0: τ = dt/0.5 = 2·dt and r = τ/dt = 2, both exact
+        assert (node.tau == np.float32(2 * DT)).all() and (node.r == 2).all()
         assert (node.v_leak == 0).all() and (node.v_threshold == 1).all() and (node.v_reset == 0).all()
     kinds = {type(v).__name__ for v in graph.nodes.values()}
     assert kinds <= {"Input", "Output", "Conv2d", "Affine", "AvgPool2d", "Flatten", "LIF"}

@@ -110,7 +110,11 @@ def test_every_model_passes_parity_as_a_streaming_graph_driven_T_calls(exports, 
     assert checked.verdict.passed, checked.verdict.first_unexplained.describe()
     assert checked.verdict.spikes_compared == BATCH * 4 * sum(topology(net, SHAPES.get(name, DEFAULT_SHAPE)).neurons)
     assert checked.graph.step_logits.shape == (4, BATCH, 10)
-    np.testing.assert_allclose(checked.graph.step_logits.mean(0), checked.graph.logits)
+    # graph.logits is torch's float32 mean over the T steps, this one NumPy's: T − 1 roundings of partial
+    # sums ≤ Σ|terms| on each side (dividing by T = 4 is exact), so ≤ T·eps·mean|step logits| apart
+    steps = checked.graph.step_logits
+    bound = len(steps) * np.finfo(np.float32).eps * np.abs(steps).mean(0)
+    assert (np.abs(steps.mean(0) - checked.graph.logits) <= bound).all()
     np.testing.assert_array_equal(checked.twin.logits.argmax(1), checked.graph.logits.argmax(1))
 
 
