@@ -36,7 +36,7 @@ def measure(run: Path, train_subset: int | None, ks: list[int]) -> dict:
         data = dataclasses.replace(data, train=Subset(data.train, range(train_subset)))
     train_set, _ = validation_split(data, cfg.data.val_fraction, cfg.run.seed)
     T, kind = cfg.method.T, data.kind
-    test = DataLoader(data.test, batch_size=cfg.data.batch_size)
+    test = DataLoader(data.test, batch_size=1000)
     net = model_from_checkpoint(ckpt)
     row = {"run": str(run), "method": cfg.method.name, "options": cfg.method.options, "T": T,
            "epoch": ckpt["train_state"]["epoch"], "train_batches": -(-len(train_set) // cfg.data.batch_size),
