@@ -148,8 +148,9 @@ def test_recalibration_never_changes_the_weights_and_leaves_multistep_methods_al
             assert torch.equal(value, off[key]), key
 
 
-@pytest.mark.parametrize("value", ["-1", "1.5"])
-def test_the_batch_count_is_refused_in_one_line(value):
+@pytest.mark.parametrize("value,message", [("-1", "must be a whole number of batches, 0 or more (0: off), got -1"),
+                                           ("1.5", "expects int, got 1.5")])
+def test_the_batch_count_is_refused_in_one_line(value, message):
     with pytest.raises(ConfigError) as e:
         resolve_config(None, [f"run.bn_recalibration_batches={value}"])
-    assert "\n" not in str(e.value) and "run.bn_recalibration_batches must be a whole number of batches" in str(e.value)
+    assert str(e.value) == f"run.bn_recalibration_batches {message}"

@@ -99,7 +99,7 @@ class RunConfig:
     def __post_init__(self):
         require(self.amp in AMP_CHOICES, "run.amp", f"one of {', '.join(AMP_CHOICES)}", self.amp)
         require(self.seed >= 0, "run.seed", "0 or more", self.seed)
-        require(isinstance(self.bn_recalibration_batches, int) and self.bn_recalibration_batches >= 0,
+        require(self.bn_recalibration_batches >= 0,
                 "run.bn_recalibration_batches", "a whole number of batches, 0 or more (0: off)",
                 self.bn_recalibration_batches)
         require(bool(self.out_dir), "run.out_dir", "a folder", self.out_dir)
