@@ -52,8 +52,9 @@ def assert_same_run(a, b):
         [{k: results[0][k] for k in ("test_acc_final", "test_acc_best", "best_val_acc", "best_epoch")}] * 2
 
 
-@pytest.mark.parametrize("extra", [["method.name=rate_m"], ["method.name=bptt", "run.amp=fp16"]],
-                         ids=["rate_m", "bptt-fp16"])
+@pytest.mark.parametrize("extra", [["method.name=rate_m"], ["method.name=bptt", "run.amp=fp16"],
+                                   ["method.name=rate_s", "run.bn_recalibration_batches=2"]],
+                         ids=["rate_m", "bptt-fp16", "rate_s-recalibrated"])
 def test_killed_mid_epoch_then_resumed_equals_uninterrupted(tmp_path, monkeypatch, data, extra):
     train(config(tmp_path, "full", *extra), QUIET, data)
     with monkeypatch.context() as m:

@@ -91,10 +91,17 @@ class RunConfig:
     tf32: bool = True  # CUDA: fp32 matmuls and convolutions may use TF32
     deterministic: bool = False  # deterministic kernels, cuDNN benchmark off
     sync_bn: bool = False  # under torchrun, BatchNorm statistics over the global batch
+    # per-step methods (rate_s, bptt layout=single, the online methods): before each held-out
+    # evaluation, re-estimate BN's running statistics over this many training batches with the
+    # evaluated multi-step forward; 0: keep the training estimate. Multi-step methods ignore it.
+    bn_recalibration_batches: int = 64
 
     def __post_init__(self):
         require(self.amp in AMP_CHOICES, "run.amp", f"one of {', '.join(AMP_CHOICES)}", self.amp)
         require(self.seed >= 0, "run.seed", "0 or more", self.seed)
+        require(self.bn_recalibration_batches >= 0,
+                "run.bn_recalibration_batches", "a whole number of batches, 0 or more (0: off)",
+                self.bn_recalibration_batches)
         require(bool(self.out_dir), "run.out_dir", "a folder", self.out_dir)
         require(self.name is None or (self.name not in RESERVED_NAMES and Path(self.name).name == self.name
                                       and not self.name.startswith(".")),

@@ -41,6 +41,10 @@ class Method:
     """Base class: subclasses set ``Options`` (a frozen dataclass) and implement ``train_step``."""
 
     Options: type = NoOptions
+    # The training forward normalises with one step's batch statistics per call, so BN's running
+    # estimate averages per-step statistics where evaluation pools T·B: the trainer recalibrates it
+    # (snnkit.training.batchnorm) before every held-out evaluation.
+    per_step_statistics: bool = False
 
     def __init__(self, T: int, options: Any = None):
         if T < 1:

@@ -33,6 +33,10 @@ class BPTT(Method):
 
     Options = BPTTOptions
 
+    @property
+    def per_step_statistics(self) -> bool:
+        return self.options.layout == "single"
+
     def train_step(self, net, x_seq, y, step):
         o = self.options
         run = net.run_multistep if o.layout == "multi" else net.run_singlestep

@@ -68,6 +68,7 @@ class OnlineMethod(Method):
 
     Options = OnlineOptions
     update_every_step = False  # OTTT_O: the optimiser steps after every step's backward
+    per_step_statistics = True  # one step per forward call
 
     @contextmanager
     def scope(self, body: nn.Module) -> Iterator[tuple[Forward, list[Mode]]]:

@@ -75,14 +75,19 @@ class World:
     def average_gradients(self, params: list[nn.Parameter]) -> None:
         """Replace every gradient by its mean over ranks. The set of parameters holding a gradient
         is the same on every rank (it follows from the model, not the data)."""
+        self.average([p.grad for p in params if p.grad is not None])
+
+    def average(self, tensors: list[torch.Tensor]) -> None:
+        """Replace every tensor by its mean over ranks, in place (the same list on every rank)."""
         if self.size == 1:
             return
-        for bucket in buckets([p.grad for p in params if p.grad is not None]):
-            flat = torch.cat([g.reshape(-1) for g in bucket])
-            dist.all_reduce(flat)
-            flat /= self.size
-            for g, value in zip(bucket, flat.split([g.numel() for g in bucket])):
-                g.copy_(value.view_as(g))
+        with torch.no_grad():
+            for bucket in buckets(tensors):
+                flat = torch.cat([t.reshape(-1) for t in bucket])
+                dist.all_reduce(flat)
+                flat /= self.size
+                for t, value in zip(bucket, flat.split([t.numel() for t in bucket])):
+                    t.copy_(value.view_as(t))
 
     def broadcast_state(self, module: nn.Module, buffers_only: bool = False) -> None:
         """Copy rank 0's buffers (and parameters, unless ``buffers_only``) to every rank."""

@@ -23,6 +23,7 @@ from ..methods import Method, build_method
 from ..methods.base import RunShape
 from ..models import ModelSpec, build_model, check_input_fits
 from ..spiking import SpikingNet
+from .batchnorm import recalibrate_batchnorm
 from .curves import write_curves
 from .distributed import World, convert_sync_batchnorm, process_group, resolve_device
 from .optim import make_optimizer
@@ -112,10 +113,7 @@ class Trainer:
     def train_epoch(self, progress: EpochProgress) -> dict:
         cfg, T, kind = self.cfg, self.cfg.method.T, self.data.kind
         torch.manual_seed(self.world.seed(cfg.run.seed + self.epoch))  # per-epoch seeding: resume is exact
-        sampler = self.world.sampler(self.train_set, cfg.run.seed)
-        sampler.set_epoch(self.epoch)
-        # A fresh loader each epoch: its workers are seeded from the epoch's seed, so resume is exact.
-        loader = make_loader(self.train_set, self.batch_size, cfg.data.workers, self.device, sampler)
+        loader = self.train_loader()
         self.net.train()
         meter = Meter()
         for x, y in progress.track(loader, meter, f"epoch {self.epoch + 1}/{cfg.optim.epochs}"):
@@ -133,6 +131,26 @@ class Trainer:
                 if bad:
                     raise self.diverged(f"{where}: {bad[0]} holds non-finite values")
         return meter.reduce(self.world.all_reduce_sum).summary()
+
+    def train_loader(self) -> DataLoader:
+        """This rank's batches of the current epoch, in training order. A fresh loader each epoch:
+        its workers are seeded from the epoch's seed, so resume is exact."""
+        sampler = self.world.sampler(self.train_set, self.cfg.run.seed)
+        sampler.set_epoch(self.epoch)
+        return make_loader(self.train_set, self.batch_size, self.cfg.data.workers, self.device, sampler)
+
+    def recalibrate_batchnorm(self) -> None:
+        """For a method that records per-step BN statistics, re-estimate BN's running statistics
+        with the evaluated forward on the first ``run.bn_recalibration_batches`` batches of the
+        epoch just trained (docs/spec/rate_backprop.md §4.6). The global random state is saved and
+        restored around it, so training after it draws what it would have drawn without it."""
+        batches = self.cfg.run.bn_recalibration_batches
+        if not self.method.per_step_statistics or batches == 0:
+            return
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.world.seed(self.cfg.run.seed + self.epoch))
+            recalibrate_batchnorm(self.net, self.train_loader(), batches, self.cfg.method.T, self.data.kind,
+                                  self.device, self.world)
 
     def diverged(self, where: str) -> DivergedError:
         return DivergedError(f"training diverged {where}; lower optim.lr (now {self.cfg.optim.lr:g}) and "
@@ -174,6 +192,7 @@ class Trainer:
             train = self.train_epoch(progress)
             self.world.broadcast_state(self.net, buffers_only=True)  # BN running statistics
             self.check_finite()
+            self.recalibrate_batchnorm()
             val, test = (evaluate(self.net, loader, cfg.method.T, self.data.kind, self.device, self.world)
                          for loader in (val_loader, test_loader))
             self.scheduler.step()

@@ -112,8 +112,8 @@ class RateBackprop(Method):
 @torch.no_grad()
 def neurons_per_sample(net, sample_shape: tuple[int, ...]) -> int:
     """LIF neurons one sample drives, from one step at batch 1 in eval mode (no state changes)."""
-    training, device = net.training, next(net.parameters()).device
-    _, modes = net.eval().run_multistep(torch.zeros(1, 1, *sample_shape, device=device))
+    training, weight = net.training, next(net.parameters())
+    _, modes = net.eval().run_multistep(weight.new_zeros(1, 1, *sample_shape))
     net.train(training)
     return sum(mode.neurons_per_sample for mode in modes)
 
@@ -130,3 +130,4 @@ class RateS(RateBackprop):
     """Single-step spike pass: T calls with batch B, per-step BN statistics; peak memory flat in T."""
 
     multistep = False
+    per_step_statistics = True
