@@ -41,6 +41,7 @@ def measure(run: Path, train_subset: int | None, ks: list[int]) -> dict:
     row = {"run": str(run), "method": cfg.method.name, "options": cfg.method.options, "T": T,
            "epoch": ckpt["train_state"]["epoch"], "train_batches": -(-len(train_set) // cfg.data.batch_size),
            "test_acc": {"training estimate": evaluate_network(net, test, T, kind).accuracy}}
+    print(f"{run.name}: training estimate: {100 * row['test_acc']['training estimate']:.2f}%", flush=True)
     for k in ks:
         net = model_from_checkpoint(ckpt)
         shuffle = DataLoader(train_set, batch_size=cfg.data.batch_size, shuffle=True,
