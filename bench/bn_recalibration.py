@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-subset", type=int, help="the runs trained on the first N training samples")
     parser.add_argument("--batches", type=int, nargs="+", default=[4, 16, 64, 0],
                         help="values of K to measure; 0: every training batch")
-    parser.add_argument("--out", type=Path, default=Path("bench_out"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     rows = [measure(run, args.train_subset, args.batches) for run in args.runs]
