@@ -28,8 +28,6 @@ from snnkit.data import encode, load_dataset  # noqa: E402
 from snnkit.methods import Method, build_method  # noqa: E402
 from snnkit.models import ModelSpec, build_model  # noqa: E402
 
-PER_STEP_BN = ("rate_s",)  # methods whose BatchNorm uses each step's statistics, as bptt[single]
-
 
 def method_for(recipe: str, label: str) -> Method:
     """``rate_m`` or ``rate_m@method.divide_grad_by_T=true@...`` (as in accuracy.py) on ``recipe``."""
@@ -54,7 +52,7 @@ def agreement(net, methods: dict[str, Method], batches, T: int, kind: str) -> di
         x_seq = encode(x, T, kind)
         ref = {layout: gradient(net, m, x_seq, y) for layout, m in references.items()}
         for label, method in methods.items():
-            g_ref = ref["single" if label.split("@")[0] in PER_STEP_BN else "multi"]
+            g_ref = ref["single" if method.per_step_statistics else "multi"]
             for name, g in gradient(net, method, x_seq, y).items():
                 cos = F.cosine_similarity(g.flatten(), g_ref[name].flatten(), dim=0).item()
                 ratio = (g.norm() / g_ref[name].norm()).item()
@@ -85,7 +83,7 @@ def main(argv=None) -> None:
     methods = {label: method_for(args.recipe, label) for label in args.methods.split(",")}
     result = agreement(net, methods, batches, cfg.method.T, data.kind)
     command = "python bench/grad_agreement.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    rows = [[label, "bptt[single]" if label.split("@")[0] in PER_STEP_BN else "bptt", name,
+    rows = [[label, "bptt[single]" if methods[label].per_step_statistics else "bptt", name,
              f"{cos:.3f}", f"{ratio:.3f}"] for label, params in result.items() for name, (cos, ratio) in params.items()]
     md = f"`{command}`\n\n" + markdown_table(["method", "against", "parameter", "cosine", "norm ratio"], rows)
     write_json(args.out / "grad_agreement.json", {"command": command, "results": result})
