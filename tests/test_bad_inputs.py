@@ -27,10 +27,11 @@ from onnx import TensorProto, helper
 import snnkit.files
 import snnkit.training
 import snnkit.training.runs
+import snnkit.training.trainer
 from data_files import write_cifar10, write_idx, write_idx_set, write_image_folders
 from deploy_helpers import model_and_checkpoint, write_run
 from fault_helpers import TINY, DiskFull, Payload, cli, one_line_error, snapshot, temporaries
-from snnkit.checkpoint import load_checkpoint
+from snnkit.checkpoint import atomic_save, load_checkpoint
 from snnkit.config import dump_yaml, resolve_config
 from snnkit.data import load_dataset
 from snnkit.errors import ConfigError
@@ -512,6 +513,20 @@ def test_ctrl_c_in_the_first_epoch(runs, monkeypatch):
     one_line_error(train(runs, "--name", "stopped"), 130, f"interrupted; {runs / 'stopped'} had no checkpoint "
                    "yet and was removed")
     assert snapshot(runs) == before
+
+
+def test_ctrl_c_as_the_first_checkpoint_lands(runs, monkeypatch):
+    """The signal comes the moment checkpoint.pt is renamed into place: the epoch is committed
+    whole, and the line says what is on disk (a race CI once hit)."""
+    def save_then_interrupt(obj, path):
+        atomic_save(obj, path)
+        if path.name == "checkpoint.pt":
+            signal.raise_signal(signal.SIGINT)
+    monkeypatch.setattr(snnkit.training.trainer, "atomic_save", save_then_interrupt)
+    one_line_error(train(runs, "--epochs", "3", "--name", "cut"), 130, f"interrupted; {runs / 'cut'} keeps the "
+                   f"checkpoint of epoch 1: continue with `snnkit train --resume {runs / 'cut'}`")
+    assert load_checkpoint(runs / "cut")["train_state"]["epoch"] == 1
+    assert (runs / "latest").resolve() == (runs / "cut").resolve()
 
 
 def stop_after_first_checkpoint(cwd: Path, sig: int) -> subprocess.CompletedProcess:

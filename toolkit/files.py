@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator, Optional
@@ -114,3 +116,23 @@ def staged(path: str | Path) -> Iterator[Path]:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         raise _cannot_write(path, e) from None
+
+
+@contextmanager
+def uninterrupted(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> Iterator[None]:
+    """Run the block whole: Ctrl-C or SIGTERM arriving inside it is held and delivered when it ends,
+    so that a commit (a file and the state saying it was written) is never split. Python runs signal
+    handlers in the main thread only; elsewhere the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: held.append(signum))
+                for s in signums if signal.getsignal(s) is not None}  # None: a handler Python cannot restore
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        if held:
+            signal.raise_signal(held[0])

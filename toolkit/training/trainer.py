@@ -18,7 +18,7 @@ from ..config import Config
 from ..data import DataBundle, encode, load_dataset, validation_split
 from ..errors import CheckpointError, DataError, DivergedError, one_line
 from ..evaluation import evaluate_network
-from ..files import append_line, atomic_write_text
+from ..files import append_line, atomic_write_text, uninterrupted
 from ..methods import Method, build_method
 from ..methods.base import RunShape
 from ..models import ModelSpec, build_model, check_input_fits
@@ -205,7 +205,8 @@ class Trainer:
                        "test_acc_best": self.test_acc_best}
             if self.world.is_main:
                 self.save(metrics)
-            self.saved_epoch = self.epoch
+            else:
+                self.saved_epoch = self.epoch
             if self.world.is_main:
                 write_curves(self.run_dir, self.cfg)  # drawn from metrics.jsonl once the epoch is committed
             log.info("epoch %d/%d: train loss %.4f, train acc %.2f%%, train fr %.3f; val acc %.2f%% (best %.2f%%, "
@@ -244,14 +245,17 @@ class Trainer:
     def save(self, metrics: dict) -> None:
         """Metrics line, best.pt, then checkpoint.pt last: the checkpoint commits the epoch, and a
         run stopped before it is resumed from the previous epoch (see :meth:`restore`). The run's
-        first checkpoint moves ``<out_dir>/latest`` to it."""
+        first checkpoint moves ``<out_dir>/latest`` to it. A signal cannot fall between the checkpoint
+        and ``saved_epoch``, which says what a stopped run keeps."""
         append_line(self.run_dir / "metrics.jsonl", json.dumps(metrics))
         ckpt = self.checkpoint()
         if self.best_epoch == self.epoch:
             atomic_save(ckpt, self.run_dir / "best.pt")
-        atomic_save(ckpt, self.run_dir / CHECKPOINT_NAME)
-        if self.saved_epoch == 0:
-            point_latest(self.run_dir)
+        with uninterrupted():
+            atomic_save(ckpt, self.run_dir / CHECKPOINT_NAME)
+            first, self.saved_epoch = self.saved_epoch == 0, self.epoch
+            if first:
+                point_latest(self.run_dir)
 
     def restore(self, ckpt: dict) -> None:
         """Continue from ``ckpt``: every rank loads the same state; metrics lines of epochs after
