@@ -140,13 +140,16 @@ def test_snntorch_peer_at_one_step_is_snnkit_bptt():
     """At T = 1 from rest the snnTorch membrane is the input current: its reset, one step late,
     has not acted yet, so its gradients are snnkit's (they differ from T = 2 on)."""
     pytest.importorskip("snntorch", reason="a peer of the bench extra: pip install -e '.[bench]'")
-    net = tiny()
+    from snntorch_float64 import in_float64
+
+    net = tiny(dtype=torch.float64)
     method = peers.SnntorchBPTT(1, net)
-    reference = grads_of(tiny(), build_method("bptt", 1, {"layout": "single"}), T=1, dtype=torch.float32)
-    got = grads_of(net, method, T=1, dtype=torch.float32)
-    for name, g in got.items():  # float32: snnTorch's surrogate returns float32 spikes for any input
-        torch.testing.assert_close(g, reference[name], rtol=1e-5, atol=1e-7, msg=name)
-    again = grads_of(net, method, T=1, dtype=torch.float32)  # the membrane was cleared: the second iteration starts from rest
+    for lif in (m for m in net.modules() if isinstance(m, peers.SnntorchLeaky)):
+        in_float64(lif.leaky)  # its surrogate's spikes are float32 for any input: judged by the float64 rule
+    reference = grads_of(tiny(dtype=torch.float64), build_method("bptt", 1, {"layout": "single"}), T=1)
+    got = grads_of(net, method, T=1)
+    assert_float64_grads_agree(got, reference)
+    again = grads_of(net, method, T=1)  # the membrane was cleared: the second iteration starts from rest
     assert all(torch.equal(again[name], g) for name, g in got.items())
 
 
