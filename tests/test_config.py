@@ -40,6 +40,7 @@ def test_resolved_config_round_trips():
     ("method.name=magic", "unknown method 'magic'; choose one of: bptt"),
     ("method.layout=diagonal", "unknown key method.layout for method 'rate_m'; valid keys: name, T, grad_scale, beta, divide_grad_by_T"),
     ("neuron.reset=medium", "neuron.reset must be one of ['hard', 'soft', 'subtract_next']"),
+    ("run.dtype=float16", "run.dtype must be one of float32, float64, got 'float16'"),
     ("lr", "override 'lr' must look like section.key=value"),
     ("optim=1", "key 'optim' must be section.key"),
 ])

@@ -110,6 +110,12 @@ def test_run_amp_lists_its_choices():
         resolve_config(None, ["run.amp=fp8"])
 
 
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_float64_training_refuses_autocast(amp):
+    with pytest.raises(ConfigError, match=r"^run.dtype must be float32 when run.amp is bf16 or fp16 "):
+        resolve_config(None, ["run.dtype=float64", f"run.amp={amp}"])
+
+
 def test_sync_batchnorm_in_one_process_is_batchnorm():
     bn = nn.BatchNorm2d(3)
     bn.running_mean.fill_(0.5)

@@ -23,6 +23,7 @@ from .neuron import NeuronParams
 
 DEFAULT_RECIPE = "digits"
 AMP_CHOICES = ("none", "bf16", "fp16")
+DTYPE_CHOICES = ("float32", "float64")
 RESERVED_NAMES = (LATEST_NAME,)  # <out_dir>/latest is the link to the newest run
 
 
@@ -88,6 +89,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto (CUDA when present), cpu, cuda, cuda:N; under torchrun cuda:LOCAL_RANK
     amp: str = "none"  # autocast the model in bf16 or fp16 (with a gradient scaler); none: fp32
+    dtype: str = "float32"  # the parameters' and inputs' dtype; float64: gradients to round-off, for checks
     tf32: bool = True  # CUDA: fp32 matmuls and convolutions may use TF32
     deterministic: bool = False  # deterministic kernels, cuDNN benchmark off
     sync_bn: bool = False  # under torchrun, BatchNorm statistics over the global batch
@@ -98,6 +100,9 @@ class RunConfig:
 
     def __post_init__(self):
         require(self.amp in AMP_CHOICES, "run.amp", f"one of {', '.join(AMP_CHOICES)}", self.amp)
+        require(self.dtype in DTYPE_CHOICES, "run.dtype", f"one of {', '.join(DTYPE_CHOICES)}", self.dtype)
+        require(self.dtype == "float32" or self.amp == "none", "run.dtype",
+                "float32 when run.amp is bf16 or fp16 (autocast lowers float32)", self.dtype)
         require(self.seed >= 0, "run.seed", "0 or more", self.seed)
         require(self.bn_recalibration_batches >= 0,
                 "run.bn_recalibration_batches", "a whole number of batches, 0 or more (0: off)",

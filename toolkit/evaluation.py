@@ -38,7 +38,8 @@ class Evaluation:
     @property
     def loss_sum(self) -> float:
         """The cross-entropy of the time-averaged logits, summed over the samples."""
-        return float(F.cross_entropy(self.logits.float(), self.labels, reduction="sum")) if self.samples else 0.0
+        logits = self.logits.to(torch.promote_types(self.logits.dtype, torch.float32))  # bf16 in, float32 sums
+        return float(F.cross_entropy(logits, self.labels, reduction="sum")) if self.samples else 0.0
 
     @property
     def firing_rate(self) -> float:
@@ -53,7 +54,7 @@ def evaluate_network(net: SpikingNet, batches: Iterable[tuple[torch.Tensor, torc
     net.eval()
     logits, counts, labels, slots = [], [], [], 0
     for x, y in batches:
-        logits_seq, modes = net.run_multistep(encode(x.to(device), T, kind))
+        logits_seq, modes = net.run_multistep(encode(x.to(device, net.dtype), T, kind))
         logits.append(logits_seq.mean(0).cpu())
         counts.append(spike_counts(modes).cpu())
         labels.append(y.cpu())

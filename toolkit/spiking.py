@@ -267,6 +267,11 @@ class SpikingNet(nn.Module):
             y = torch.stack([self.body(x) for x in x_seq])
         return y, modes
 
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of its parameters, which loader batches are cast to."""
+        return next(self.parameters()).dtype
+
     def layer_names(self) -> list[str]:
         names = {m: n for n, m in self.body.named_modules()}
         return [names[layer] for layer in spiking_layers(self.body)]

@@ -44,7 +44,7 @@ def recalibrate_batchnorm(net: SpikingNet, batches: Iterable[tuple[torch.Tensor,
         for x, _ in batches:
             if used == max_batches:
                 break
-            net.run_multistep(encode(x.to(device), T, kind))
+            net.run_multistep(encode(x.to(device, net.dtype), T, kind))
             used += 1
     finally:
         for bn, momentum in zip(layers, momenta):

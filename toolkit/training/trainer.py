@@ -89,7 +89,8 @@ class Trainer:
         if cfg.run.sync_bn:
             convert_sync_batchnorm(self.net)
         memory_format = torch.channels_last if self.device.type == "cuda" else torch.preserve_format
-        self.net.to(self.device, memory_format=memory_format)  # channels_last: 4-D conv weights only
+        # channels_last: 4-D conv weights only
+        self.net.to(self.device, getattr(torch, cfg.run.dtype), memory_format=memory_format)
         self.world.broadcast_state(self.net)
         self.precision = Precision(cfg.run.amp, self.device)
         self.method: Method = build_method(cfg.method.name, cfg.method.T, cfg.method.options)
@@ -117,7 +118,7 @@ class Trainer:
         self.net.train()
         meter = Meter()
         for x, y in progress.track(loader, meter, f"epoch {self.epoch + 1}/{cfg.optim.epochs}"):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            x, y = x.to(self.device, self.net.dtype, non_blocking=True), y.to(self.device, non_blocking=True)
             out = self.method.train_step(self.net, encode(x, T, kind), y, self.step)
             meter.update(out.loss, out.logits, y, out.firing_rate)
             where = f"at step {meter.steps} of epoch {self.epoch + 1}"
