@@ -13,11 +13,12 @@ from snnkit.errors import ConfigError
 from snnkit.methods import METHODS, build_method
 from snnkit.methods.layers import Trace, presynaptic_trace
 from snnkit.models import ModelSpec, build_model
-from snnkit.neuron import NeuronParams
+from snnkit.neuron import RESETS, NeuronParams
 from snnkit.spiking import LIF, SpikingNet, has_mode
 from snnkit.training import Trainer
 
 ONLINE = ["ottt_a", "ottt_o", "sltt", "sltt_k", "saf_e", "saf_f"]
+every_reset = pytest.mark.parametrize("reset", sorted(RESETS))  # each identity holds under every reset
 
 
 def tiny_net(dtype=torch.float32, **neuron) -> SpikingNet:
@@ -69,8 +70,9 @@ def test_the_one_presynaptic_trace_is_the_discounted_sum_of_its_inputs():
         assert math.isclose(trace.rho, sum(decay ** k for k in range(t + 1)))
 
 
-def test_sltt_equals_ottt_with_trace_decay_zero(batch):
-    net = tiny_net(torch.float64)
+@every_reset
+def test_sltt_equals_ottt_with_trace_decay_zero(batch, reset):
+    net = tiny_net(torch.float64, reset=reset)
     _, sltt = run("sltt", copy.deepcopy(net), *batch, dtype=torch.float64)
     _, ottt = run("ottt_a", copy.deepcopy(net), *batch, dtype=torch.float64, trace_decay=0.0)
     _, traced = run("ottt_a", copy.deepcopy(net), *batch, dtype=torch.float64)
@@ -79,7 +81,7 @@ def test_sltt_equals_ottt_with_trace_decay_zero(batch):
     assert not torch.allclose(sltt.total()[first], traced.total()[first])  # the trace matters
 
 
-def test_saf_e_equals_ottt_o_exactly(batch):
+def test_saf_e_equals_ottt_o_exactly(batch):  # SAF trains soft reset only; it rejects the others (below)
     net = tiny_net(torch.float64)
     saf_net, ottt_net = copy.deepcopy(net), copy.deepcopy(net)
     saf_out, saf = run("saf_e", saf_net, *batch, dtype=torch.float64)
@@ -93,8 +95,9 @@ def test_saf_e_equals_ottt_o_exactly(batch):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
 
 
-def test_ottt_readout_gradient_equals_bptt_with_per_step_loss(batch):
-    net = tiny_net(torch.float64)
+@every_reset
+def test_ottt_readout_gradient_equals_bptt_with_per_step_loss(batch, reset):
+    net = tiny_net(torch.float64, reset=reset)
     _, ottt = run("ottt_a", copy.deepcopy(net), *batch, dtype=torch.float64)
     _, bptt = run("bptt", copy.deepcopy(net), *batch, dtype=torch.float64, layout="single", loss="ce_mse")
     g_ottt, g_bptt = ottt.total(), bptt.total()
@@ -103,7 +106,7 @@ def test_ottt_readout_gradient_equals_bptt_with_per_step_loss(batch):
     assert not torch.allclose(g_ottt["body.0.0.weight"], g_bptt["body.0.0.weight"])  # hidden layers differ
 
 
-def test_saf_forward_is_the_lif_network(batch):
+def test_saf_forward_is_the_lif_network(batch):  # SAF trains soft reset only; it rejects the others (below)
     net = tiny_net(torch.float64)
     x_seq = encode(batch[0].to(torch.float64), 4, "static")
     out, _ = run("saf_f", copy.deepcopy(net), *batch, dtype=torch.float64)
@@ -112,8 +115,9 @@ def test_saf_forward_is_the_lif_network(batch):
     torch.testing.assert_close(out.logits, logits_seq.mean(0), atol=1e-12, rtol=0)
 
 
-def test_sltt_k_with_k_equal_t_is_sltt(batch):
-    net = tiny_net(torch.float64)
+@every_reset
+def test_sltt_k_with_k_equal_t_is_sltt(batch, reset):
+    net = tiny_net(torch.float64, reset=reset)
     _, sltt = run("sltt", copy.deepcopy(net), *batch, dtype=torch.float64)
     _, sltt_k = run("sltt_k", copy.deepcopy(net), *batch, dtype=torch.float64, K=4)
     assert_grads_equal(sltt.total(), sltt_k.total(), atol=1e-12)
@@ -206,9 +210,10 @@ def test_saf_rejects_what_it_cannot_train_at_start_up(tmp_path):
                             "layer before the last LIF must be conv, linear, BatchNorm or average pooling; "
                             "train with ottt_o or sltt instead")
     build_method("ottt_o", 4).check(pooled)  # the trace-based methods take the pooled spikes' trace
-    cfg = resolve_config(None, ["method.name=saf_f", "neuron.reset=hard", "optim.epochs=1"])
-    with pytest.raises(ConfigError, match="SAF needs soft reset and one decay for every LIF layer"):
-        Trainer(cfg, tmp_path)
+    for reset in sorted(set(RESETS) - {"soft"}):
+        cfg = resolve_config(None, ["method.name=saf_f", f"neuron.reset={reset}", "optim.epochs=1"])
+        with pytest.raises(ConfigError, match="SAF needs soft reset and one decay for every LIF layer"):
+            Trainer(cfg, tmp_path)
 
 
 @pytest.mark.parametrize("name", ONLINE)
