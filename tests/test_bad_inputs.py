@@ -515,7 +515,16 @@ def test_ctrl_c_in_the_first_epoch(runs, monkeypatch):
     assert snapshot(runs) == before
 
 
-def test_ctrl_c_as_the_first_checkpoint_lands(runs, monkeypatch):
+@pytest.fixture
+def ctrl_c_raises():
+    """SIGINT raises KeyboardInterrupt, as in a terminal, also where the tests run as a background job
+    (started with ``&``, which leaves SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def test_ctrl_c_as_the_first_checkpoint_lands(runs, monkeypatch, ctrl_c_raises):
     """The signal comes the moment checkpoint.pt is renamed into place: the epoch is committed
     whole, and the line says what is on disk (a race CI once hit)."""
     def save_then_interrupt(obj, path):
