@@ -14,7 +14,7 @@ overrides for that row alone. A row runs in a fresh subprocess (its peak RSS is 
 own snnkit run directory ``<out>/accuracy/<recipe>-<E>ep[-n<N>]/<row>``: a finished run is read
 back and an interrupted one continues from its last completed epoch (snnkit's resume), so the same
 command, rerun after a kill, loses at most one epoch of one row. ``--train-subset N`` trains on
-the first N training samples (the test set stays whole). ``--set section.key=value`` applies to
+N training samples drawn with seed 0 (the test set stays whole). ``--set section.key=value`` applies to
 every row (where the data lives, say); a row already started continues with the config it began with.
 
 Reported per row: final and best test accuracy and the final's gap to bptt, the last epoch's
@@ -80,8 +80,13 @@ class Row:
 
 
 def subset(data: DataBundle, n: int | None) -> DataBundle | None:
-    """The first ``n`` training samples and the whole test set; None (the dataset itself) without n."""
-    return None if n is None else dataclasses.replace(data, train=Subset(data.train, range(n)))
+    """``n`` training samples drawn without replacement with seed 0, in their files' order, and the
+    whole test set; None (the dataset itself) without n. Drawn, not the first n: an image-folder
+    dataset lists its samples class by class, so its first 10,000 CIFAR-10 images are two classes."""
+    if n is None:
+        return None
+    drawn = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(0))[:n].sort().values
+    return dataclasses.replace(data, train=Subset(data.train, drawn.tolist()))
 
 
 # --- the child: one row in a fresh process -------------------------------------------------------
@@ -197,7 +202,7 @@ def main(argv=None) -> None:
     parser.add_argument("--methods", help="comma-separated rows: METHOD[@section.key=value...] "
                                           "(default: every registered method)")
     parser.add_argument("--epochs", type=int, help="epochs per row (default: the recipe's)")
-    parser.add_argument("--train-subset", type=int, help="train on the first N training samples")
+    parser.add_argument("--train-subset", type=int, help="train on N training samples drawn with seed 0")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="a config override for every row (repeatable), e.g. data.root=/data/cifar10")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
@@ -227,7 +232,7 @@ def main(argv=None) -> None:
     if results:
         cfg = rows[0].config()
         title = (f"{cfg.recipe}: {cfg.model.name}, T = {cfg.method.T}, seed {cfg.run.seed}"
-                 + (f", first {args.train_subset} training samples" if args.train_subset else ""))
+                 + (f", {args.train_subset} training samples" if args.train_subset else ""))
         atomic_write(args.out / f"accuracy-{group}.png", plot_png(results, title))
     print(md)
 

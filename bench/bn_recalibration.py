@@ -11,14 +11,14 @@ and the test set is evaluated. Writes ``<out>/bn_recalibration.{json,md}``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import accuracy  # noqa: E402
 from common import machine, markdown_table, write_atomic, write_json  # noqa: E402
 
 from snnkit.checkpoint import load_checkpoint, model_from_checkpoint  # noqa: E402
@@ -32,8 +32,7 @@ def measure(run: Path, train_subset: int | None, ks: list[int]) -> dict:
     ckpt = load_checkpoint(run)
     cfg = config_from_dict(ckpt["config"])
     data = load_dataset(cfg.data.name, cfg.data.root)
-    if train_subset:
-        data = dataclasses.replace(data, train=Subset(data.train, range(train_subset)))
+    data = accuracy.subset(data, train_subset) or data
     train_set, _ = validation_split(data, cfg.data.val_fraction, cfg.run.seed)
     T, kind = cfg.method.T, data.kind
     test = DataLoader(data.test, batch_size=1000)
@@ -55,7 +54,7 @@ def measure(run: Path, train_subset: int | None, ks: list[int]) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (their checkpoint.pt)")
-    parser.add_argument("--train-subset", type=int, help="the runs trained on the first N training samples")
+    parser.add_argument("--train-subset", type=int, help="the --train-subset the runs were trained with (bench/accuracy.py)")
     parser.add_argument("--batches", type=int, nargs="+", default=[4, 16, 64, 0],
                         help="values of K to measure; 0: every training batch")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")

@@ -78,7 +78,7 @@ def trained(rows: list[accuracy.Row]) -> list[dict]:
 
 def budget(args) -> str:
     return (f"{args.epochs} epoch{'s' if args.epochs != 1 else ''}"
-            + (f" on the first {args.train_subset} training samples" if args.train_subset else "")
+            + (f" on {args.train_subset} training samples" if args.train_subset else "")
             + ", seed 0")
 
 

@@ -1,11 +1,13 @@
 """bench/accuracy.py: rows are methods with their own overrides, and a killed bench continues
 every row where it stopped."""
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from torch.utils.data import Subset
 
 from snnkit.data import load_dataset
 from snnkit.methods import METHODS
@@ -43,6 +45,17 @@ def test_a_row_carries_its_own_overrides(tmp_path):
 def test_set_reaches_every_row_and_a_row_override_wins_over_it(tmp_path):
     plain, own = rows(tmp_path, "bptt,rate_m@data.batch_size=8", shared=["data.batch_size=16", "run.seed=3"])
     assert [(r.config().data.batch_size, r.config().run.seed) for r in (plain, own)] == [(16, 3), (8, 3)]
+
+
+def test_a_train_subset_holds_every_class_of_a_class_sorted_dataset():
+    """An image folder lists its samples class by class: its first N would be a few classes."""
+    data = load_dataset("digits")
+    labels = data.train.tensors[1]
+    by_class = dataclasses.replace(data, train=Subset(data.train, labels.argsort(stable=True).tolist()))
+    drawn = accuracy.subset(by_class, 100)
+    assert sorted({int(y) for _, y in drawn.train}) == list(range(10))
+    assert drawn.train.indices == accuracy.subset(by_class, 100).train.indices  # seeded
+    assert len(set(drawn.train.indices)) == 100 and drawn.test is data.test
 
 
 def test_an_unknown_method_stops_before_anything_runs(tmp_path, capsys):

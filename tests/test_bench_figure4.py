@@ -38,7 +38,7 @@ def test_figure4_measures_every_row_at_every_T_and_trains_the_accuracy_rows(tmp_
         run = tmp_path / "accuracy" / "digits-1ep-n64" / f"rate_m@method.T={r['T']}"
         cfg = json.loads((run / "results.json").read_text())
         assert r["final_acc"] == cfg["test_acc_final"]
-    assert report["budget"] == "1 epoch on the first 64 training samples, seed 0" and report["unfinished"] == []
+    assert report["budget"] == "1 epoch on 64 training samples, seed 0" and report["unfinished"] == []
     assert "| 2 | rate_m |" in (tmp_path / "figure4-digits.md").read_text()
     assert png_size(tmp_path / "figure4-digits.png") == (1540, 462)
 
