@@ -3,8 +3,10 @@
 A method whose training forward runs one step per call (rate_S, BPTT's single layout, the online
 methods) normalises every step with that step's batch statistics and folds per-step statistics
 into BN's running estimate; the evaluated network runs all T steps at once and normalises with one
-estimate pooled over T·B, whose input distribution differs by step. Recalibration re-estimates
-every BN's running statistics with the evaluated network's own forward: multi-step, each BN
+estimate pooled over T·B, whose input distribution differs by step. A multi-step method (BPTT,
+rate_M) records the evaluated forward's statistics, but as an EMA over iterations whose weights
+moved: the estimate lags the final weights, and a network whose membranes sit near threshold (rate_M
+at T = 2) loses test accuracy to that lag. Recalibration re-estimates every BN's running statistics with the evaluated network's own forward: multi-step, each BN
 normalising with the pooled T·B batch statistics, no gradient, a cumulative average over the
 batches (not BN's EMA), with the current weights. The weights are not touched.
 """

@@ -141,12 +141,12 @@ class Trainer:
         return make_loader(self.train_set, self.batch_size, self.cfg.data.workers, self.device, sampler)
 
     def recalibrate_batchnorm(self) -> None:
-        """For a method that records per-step BN statistics, re-estimate BN's running statistics
-        with the evaluated forward on the first ``run.bn_recalibration_batches`` batches of the
-        epoch just trained (docs/spec/rate_backprop.md §4.6). The global random state is saved and
-        restored around it, so training after it draws what it would have drawn without it."""
+        """Re-estimate BN's running statistics with the evaluated forward and the current weights
+        on the first ``run.bn_recalibration_batches`` batches of the epoch just trained, for every
+        method (docs/spec/rate_backprop.md §4.6). The global random state is saved and restored
+        around it, so training after it draws what it would have drawn without it."""
         batches = self.cfg.run.bn_recalibration_batches
-        if not self.method.per_step_statistics or batches == 0:
+        if batches == 0:
             return
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.world.seed(self.cfg.run.seed + self.epoch))
