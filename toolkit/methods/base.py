@@ -41,9 +41,9 @@ class Method:
     """Base class: subclasses set ``Options`` (a frozen dataclass) and implement ``train_step``."""
 
     Options: type = NoOptions
-    # The training forward normalises with one step's batch statistics per call, so BN's running
-    # estimate averages per-step statistics where evaluation pools T·B: the trainer recalibrates it
-    # (snnkit.training.batchnorm) before every held-out evaluation.
+    # The training forward normalises with one step's batch statistics per call (T running updates
+    # of BN per iteration, where evaluation pools T·B), so its gradients are those of BPTT's single
+    # layout (bench/grad_agreement.py compares them so; the trainer recalibrates BN for every method).
     per_step_statistics: bool = False
 
     def __init__(self, T: int, options: Any = None):
