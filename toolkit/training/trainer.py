@@ -158,8 +158,8 @@ class Trainer:
                              "train again")
 
     def check_finite(self) -> None:
-        """After an epoch, before its checkpoint: a NaN or infinity in any weight or statistic (BN's
-        running statistics are not looked at every step)."""
+        """After an epoch and its BN recalibration, before its checkpoint: a NaN or infinity in any
+        weight or statistic (finite weights can still overflow the forward that recalibrates)."""
         bad = nonfinite(self.net.state_dict())
         if bad:
             raise self.diverged(f"in epoch {self.epoch + 1}: {bad[0]} holds non-finite values")
@@ -192,8 +192,9 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             train = self.train_epoch(progress)
             self.world.broadcast_state(self.net, buffers_only=True)  # BN running statistics
-            self.check_finite()
+            self.check_finite()  # what training left
             self.recalibrate_batchnorm()
+            self.check_finite()  # the statistics evaluation will use
             val, test = (evaluate(self.net, loader, cfg.method.T, self.data.kind, self.device, self.world)
                          for loader in (val_loader, test_loader))
             self.scheduler.step()
