@@ -21,6 +21,7 @@ threshold move, and the int8 graph is judged on accuracy, not on spike identity
 from __future__ import annotations
 
 import logging
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,13 +152,34 @@ def with_fallback(model: onnx.ModelProto, calibration: Calibration, held_out: Ca
     return int8, exact, Fallback(keep, disagreement, sensitivity)
 
 
+def node_module(names: list[str], node: str) -> str | None:
+    """The synaptic module (of ``names``, in the network's order) that a graph node computes, from the
+    exporter's scope ``/step_graph/SCOPE/...``. A snnkit body's modules are scoped by their full
+    path, ``body.NAME``. A converted body's are not: the exporter keeps only a module's name inside
+    its parent (``conv1.0`` for ``conv1.0`` and every ``layerI.J.conv1.0``) and numbers the calls
+    of that name in the graph's order (``conv1.0``, ``conv1.0_1``, ...), so the k-th such node is the
+    k-th module named ``LOCAL`` or ``....LOCAL``."""
+    scope = node.strip("/").split("/")
+    segment = scope[1] if scope[0] == "step_graph" and len(scope) > 2 else scope[0]
+    local, k = re.fullmatch(r"(.+?)(?:_(\d+))?", segment).groups()
+    if local.startswith("body."):
+        name = local.removeprefix("body.")
+        return name if name in names else None
+    same = [n for n in names if n == local or n.endswith("." + local)]
+    k = int(k or 0)
+    return same[k] if k < len(same) else None
+
+
 def float32_modules(src: Source, nodes: tuple[str, ...]) -> list[str]:
-    """The synaptic modules (as the efficiency report names them) that graph ``nodes`` compute."""
-    modules = [s.name for s in src.topo.synaptic if any(f"/body.{s.name}/" in node for node in nodes)]
-    if len(modules) != len(nodes):
-        raise RuntimeError(f"int8: the nodes {list(nodes)} do not name one module each; this is an snnkit bug, "
+    """The synaptic modules (as the efficiency report names them) that graph ``nodes`` compute, in
+    the network's order; a module of which any call (time step) is kept in float32 is listed once."""
+    names = [s.name for s in src.topo.synaptic]
+    found = {node: node_module(names, node) for node in nodes}
+    if None in found.values():
+        unnamed = [node for node, name in found.items() if name is None]
+        raise RuntimeError(f"int8: the nodes {unnamed} name no synaptic module; this is an snnkit bug, "
                            "please report it")
-    return modules
+    return [name for name in names if name in found.values()]
 
 
 def only_used_domains(model: onnx.ModelProto) -> None:

@@ -168,3 +168,17 @@ def test_the_float32_fallback_is_the_layer_measured_most_sensitive(tmp_path):
     predicted = logits(model, held_out).argmax(1)
     assert fallback.disagreement == float((logits(int8, held_out).argmax(1) != predicted).mean())
     assert held_out.samples == 128 and not np.array_equal(held_out.inputs[0][:64], calibration.inputs[0])
+
+
+def test_a_kept_node_is_named_by_its_module_in_either_scope_form():
+    """A snnkit body's nodes are scoped by the module's full path, body.NAME; a converted body's keep
+    only each module's name inside its parent and number its calls: conv1.0, conv1.0_1, ... in order."""
+    names = ["conv1.0", "layer1.0.conv1.0", "layer1.0.conv2.0", "layer1.1.conv1.0", "layer2.0.downsample.0.0", "fc"]
+    assert quantize.node_module(["0.0", "6"], "/step_graph/body.0.0/Conv") == "0.0"
+    assert quantize.node_module(["0.0", "6"], "/step_graph/body.6/Gemm") == "6"
+    assert quantize.node_module(names, "/step_graph/conv1.0/Conv") == "conv1.0"
+    assert quantize.node_module(names, "/step_graph/conv1.0_2/Conv") == "layer1.1.conv1.0"
+    assert quantize.node_module(names, "/step_graph/conv2.0/Conv") == "layer1.0.conv2.0"
+    assert quantize.node_module(names, "/step_graph/downsample.0.0/Conv") == "layer2.0.downsample.0.0"
+    assert quantize.node_module(names, "/step_graph/fc/Gemm") == "fc"
+    assert quantize.node_module(names, "/step_graph/conv1.0_3/Conv") is None  # no fourth conv1.0
