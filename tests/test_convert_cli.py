@@ -178,7 +178,10 @@ def test_train_export_every_form_and_eval_pass(function, kwargs, side, forms, tm
     graphs = [p for p in run.iterdir() if p.suffix == ".onnx"]
     assert len(graphs) == len(EVERY_ONNX_FORM)
     for graph in graphs:
-        result = runner.invoke(app, ["eval", "--onnx", str(graph), "--model", name])
+        # int8's gate is its accuracy drop; on these 4 test samples one sample is 25 pp, the gate's
+        # resolution here (the 0.5 pp default is tested on a trained model in test_edge_cli)
+        gate = ["--max-accuracy-drop", "0.25"] if "int8" in graph.name else []
+        result = runner.invoke(app, ["eval", "--onnx", str(graph), "--model", name, *gate])
         assert result.exit_code == 0 and "PASS" in result.output, result.output
     # the trained weights go back into the user's own model, which then computes the same spikes (with
     # batch statistics, where these tiny runs' neurons fire; snnTorch's BN sees one step per call, so
