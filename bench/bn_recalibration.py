@@ -54,7 +54,8 @@ def measure(run: Path, train_subset: int | None, ks: list[int]) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run folders (their checkpoint.pt)")
-    parser.add_argument("--train-subset", type=int, help="the --train-subset the runs were trained with (bench/accuracy.py)")
+    parser.add_argument("--train-subset", type=int,
+                        help="the --train-subset the runs were trained with (bench/accuracy.py)")
     parser.add_argument("--batches", type=int, nargs="+", default=[4, 16, 64, 0],
                         help="values of K to measure; 0: every training batch")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")

@@ -6,7 +6,8 @@ into BN's running estimate; the evaluated network runs all T steps at once and n
 estimate pooled over T·B, whose input distribution differs by step. A multi-step method (BPTT,
 rate_M) records the evaluated forward's statistics, but as an EMA over iterations whose weights
 moved: the estimate lags the final weights, and a network whose membranes sit near threshold (rate_M
-at T = 2) loses test accuracy to that lag. Recalibration re-estimates every BN's running statistics with the evaluated network's own forward: multi-step, each BN
+at T = 2) loses test accuracy to that lag. Recalibration re-estimates every BN's running
+statistics with the evaluated network's own forward: multi-step, each BN
 normalising with the pooled T·B batch statistics, no gradient, a cumulative average over the
 batches (not BN's EMA), with the current weights. The weights are not touched.
 """

@@ -152,14 +152,15 @@ class Trainer:
             torch.manual_seed(self.world.seed(self.cfg.run.seed + self.epoch))
             recalibrate_batchnorm(self.net, self.train_loader(), batches, self.cfg.method.T, self.data.kind,
                                   self.device, self.world)
+        self.check_finite()  # finite weights can still overflow the forward that re-estimated them
 
     def diverged(self, where: str) -> DivergedError:
         return DivergedError(f"training diverged {where}; lower optim.lr (now {self.cfg.optim.lr:g}) and "
                              "train again")
 
     def check_finite(self) -> None:
-        """After an epoch and its BN recalibration, before its checkpoint: a NaN or infinity in any
-        weight or statistic (finite weights can still overflow the forward that recalibrates)."""
+        """After an epoch (and again after its BN recalibration), before its checkpoint: a NaN or
+        infinity in any weight or statistic (BN's running statistics are not looked at every step)."""
         bad = nonfinite(self.net.state_dict())
         if bad:
             raise self.diverged(f"in epoch {self.epoch + 1}: {bad[0]} holds non-finite values")
@@ -192,9 +193,8 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             train = self.train_epoch(progress)
             self.world.broadcast_state(self.net, buffers_only=True)  # BN running statistics
-            self.check_finite()  # what training left
+            self.check_finite()
             self.recalibrate_batchnorm()
-            self.check_finite()  # the statistics evaluation will use
             val, test = (evaluate(self.net, loader, cfg.method.T, self.data.kind, self.device, self.world)
                          for loader in (val_loader, test_loader))
             self.scheduler.step()
